@@ -1,0 +1,53 @@
+"""The topic map, declared once. Subscriptions and parsers come from the same template.
+
+Every topic lives under a root (`ember/v1` by default, `Settings.topic_root`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TopicTemplate:
+    """A topic with `{named}` single-level parameters, e.g. `nodes/{node}/desired`."""
+
+    pattern: str
+    description: str = ""
+    params: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", tuple(re.findall(r"{(\w+)}", self.pattern)))
+
+    def format(self, root: str, **params: str) -> str:
+        for name, value in params.items():
+            if not value or any(c in str(value) for c in "/+#\x00"):
+                raise ValueError(f"invalid value {value!r} for topic parameter {name!r}")
+        return f"{root}/{self.pattern.format(**params)}"
+
+    def wildcard(self, root: str, **fixed: str) -> str:
+        """Subscription filter: unspecified parameters become `+`."""
+        values = {name: fixed.get(name, "+") for name in self.params}
+        return f"{root}/{self.pattern.format(**values)}"
+
+    def match(self, root: str, topic: str) -> dict[str, str] | None:
+        regex = "^" + re.escape(f"{root}/") + re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(self.pattern)) + "$"
+        found = re.match(regex, topic)
+        return found.groupdict() if found else None
+
+
+REQUEST = TopicTemplate("req/{action}", "requests to the manager (MQTT 5 response topic + correlation data)")
+REPLY = TopicTemplate("reply/{client}", "replies to one client's requests")
+EVENT = TopicTemplate("events/{aggregate}/{type}", "domain events, published after they are in the event log")
+NODE_INFO = TopicTemplate("nodes/{node}/info", "retained node capabilities")
+NODE_STATUS = TopicTemplate("nodes/{node}/status", "retained online/offline; the Last Will flips it to offline")
+NODE_DESIRED = TopicTemplate("nodes/{node}/desired", "retained desired state of a node, from the notifier")
+ACTOR_STATE = TopicTemplate("nodes/{node}/actors/{actor}/state", "retained actor state reported by its flamelet")
+ACTOR_LOG = TopicTemplate("nodes/{node}/actors/{actor}/log", "tail of an actor's log")
+JOB_PROGRESS = TopicTemplate("jobs/{job}/progress", "training progress (RoundCompleted) from the aggregator")
+FL_DOWN = TopicTemplate("jobs/{job}/fl/{actor}/down", "Flower messages aggregator -> learner")
+FL_UP = TopicTemplate("jobs/{job}/fl/{actor}/up", "Flower messages learner -> aggregator")
+DATA = TopicTemplate("data/{tag}", "sensor readings from edge devices")
+
+ALL = (REQUEST, REPLY, EVENT, NODE_INFO, NODE_STATUS, NODE_DESIRED, ACTOR_STATE, ACTOR_LOG, JOB_PROGRESS, FL_DOWN, FL_UP, DATA)

@@ -1,0 +1,69 @@
+import asyncio
+
+import pytest
+
+from ember import topics
+from ember.bus import Bus, Message
+from ember.errors import InvalidJobSpec, RequestTimeout
+from ember.testing import assert_eventually
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_request_reply_and_typed_errors(mqtt_broker):
+    async def echo(envelope):
+        if envelope.data.get("bad"):
+            raise InvalidJobSpec("bad spec", details=[{"field": "name", "reason": "missing"}])
+        return {"echo": envelope.data}
+
+    server = Bus(mqtt_broker.url, client_id="server")
+    server.serve("echo", echo)
+    async with server, Bus(mqtt_broker.url) as client:
+        assert await client.request("echo", {"x": 1}) == {"echo": {"x": 1}}
+        with pytest.raises(InvalidJobSpec) as err:
+            await client.request("echo", {"bad": True})
+        assert err.value.details == [{"field": "name", "reason": "missing"}]
+        with pytest.raises(RequestTimeout):
+            await client.request("nobody.home", {}, timeout=0.3)
+
+
+async def test_malformed_payloads_are_counted_and_dropped(mqtt_broker):
+    seen: list[Message] = []
+
+    async def on_status(message: Message) -> None:
+        seen.append(message)
+
+    async with Bus(mqtt_broker.url) as sub, Bus(mqtt_broker.url) as pub:
+        sub.subscribe(topics.NODE_STATUS, on_status)
+        await asyncio.sleep(0)  # let the subscription task run
+        await assert_eventually(lambda: sub.connected)
+        topic = topics.NODE_STATUS.format("ember/v1", node="n1")
+        # the subscription is asynchronous: publish a valid one until it is seen
+        async def delivered():
+            await pub.publish(topic, pub.envelope("NodeStatus", {"node": "n1", "status": "online"}))
+            return seen
+        await assert_eventually(delivered, timeout=5, interval=0.1)
+        seen.clear()
+        for junk in (b"not json", b'{"type": "x", "v": 2}', b'{"id": "1"}', b"\x00" * 1_000_000):
+            await pub.publish(topic, junk)
+        await pub.publish(topic, pub.envelope("NodeStatus", {"node": "n1", "status": "offline"}))
+        await assert_eventually(lambda: len(seen) == 1 and sub.stats["dropped_invalid"] == 4)
+        assert seen[0].params == {"node": "n1"}
+
+
+async def test_reconnects_after_broker_restart(mqtt_broker):
+    got: list[str] = []
+
+    async def on_data(message: Message) -> None:
+        got.append(message.envelope.id)
+
+    sub = Bus(mqtt_broker.url, client_id="persistent-sub", persistent=True)
+    sub.subscribe(topics.DATA, on_data, tag="t")
+    async with sub, Bus(mqtt_broker.url) as pub:
+        topic = topics.DATA.format("ember/v1", tag="t")
+        await pub.publish(topic, pub.envelope("SensorReadings", {}, id="before"))
+        await assert_eventually(lambda: "before" in got)
+        mqtt_broker.restart()
+        await assert_eventually(lambda: not sub.connected, timeout=10)
+        await pub.publish(topic, pub.envelope("SensorReadings", {}, id="after"), timeout=15)
+        await assert_eventually(lambda: "after" in got, timeout=15)
