@@ -1,0 +1,100 @@
+"""SQLite (WAL) event log: the embedded default; several processes may share one file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+from ember.envelope import Envelope
+from ember.eventlog.base import EventLog, StoredEvent
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    aggregate TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    type TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_subject ON events(subject, seq);
+CREATE TABLE IF NOT EXISTS checkpoints (consumer TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+"""
+
+
+class SqliteEventLog(EventLog):
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(SCHEMA)
+
+    async def _run(self, fn, *args):
+        return await asyncio.to_thread(self._locked, fn, *args)
+
+    def _locked(self, fn, *args):
+        with self._lock:
+            return fn(*args)
+
+    def _append(self, envelope: Envelope, aggregate: str) -> StoredEvent:
+        body = envelope.model_dump_json()
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO events (id, aggregate, subject, type, body) VALUES (?, ?, ?, ?, ?)",
+            (envelope.id, aggregate, envelope.subject, envelope.type, body),
+        )
+        if cur.rowcount == 1:
+            return StoredEvent(cur.lastrowid, aggregate, envelope)
+        row = self._db.execute("SELECT seq, aggregate, body FROM events WHERE id = ?", (envelope.id,)).fetchone()
+        return StoredEvent(row[0], row[1], Envelope.model_validate_json(row[2]), duplicate=True)
+
+    async def append(self, envelope: Envelope, *, aggregate: str | None = None) -> StoredEvent:
+        return await self._run(self._append, envelope, self.aggregate_for(envelope, aggregate))
+
+    def _read(self, after: int, limit: int | None, subject: str | None) -> list[StoredEvent]:
+        sql, args = "SELECT seq, aggregate, body FROM events WHERE seq > ?", [after]
+        if subject is not None:
+            sql += " AND subject = ?"
+            args.append(subject)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [StoredEvent(s, a, Envelope.model_validate_json(b)) for s, a, b in self._db.execute(sql, args)]
+
+    async def read(self, after: int = 0, *, limit: int | None = None, subject: str | None = None) -> list[StoredEvent]:
+        return await self._run(self._read, after, limit, subject)
+
+    async def get(self, event_id: str) -> StoredEvent | None:
+        def fetch():
+            row = self._db.execute("SELECT seq, aggregate, body FROM events WHERE id = ?", (event_id,)).fetchone()
+            return StoredEvent(row[0], row[1], Envelope.model_validate_json(row[2])) if row else None
+
+        return await self._run(fetch)
+
+    async def last_seq(self) -> int:
+        return await self._run(lambda: self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+    async def get_checkpoint(self, consumer: str) -> int:
+        def fetch():
+            row = self._db.execute("SELECT seq FROM checkpoints WHERE consumer = ?", (consumer,)).fetchone()
+            return row[0] if row else 0
+
+        return await self._run(fetch)
+
+    async def set_checkpoint(self, consumer: str, seq: int) -> None:
+        await self._run(
+            lambda: self._db.execute(
+                "INSERT INTO checkpoints (consumer, seq) VALUES (?, ?) "
+                "ON CONFLICT(consumer) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                (consumer, seq),
+            )
+        )
+
+    async def close(self) -> None:
+        await self._run(self._db.close)
