@@ -1,0 +1,208 @@
+"""The job spec (YAML), validated by pydantic. Errors name each bad field and the reason.
+
+```yaml
+name: sensor-anomaly
+code:
+  path: .                       # folder with the user's code, relative to the job file
+  entrypoint: model:SensorModel # a ModelManager class ...
+  # serverapp: app:server       # ... or a Flower app's components
+  # clientapp: app:client
+  requirements: [scikit-learn]  # or a file name: requirements.txt
+data: {tags: [sensors]}
+learners: {count: 3, min: 2}
+training: {rounds: 5, strategy: FedAvg, strategy_params: {}, local_epochs: 1, batch_size: 32,
+           learning_rate: 0.05, fraction_train: 1.0, fraction_evaluate: 1.0, round_timeout: 60}
+resources: {cpus: 1, memory_mb: 1024}
+tracking: {experiment: sensor-anomaly, model_name: sensor-anomaly}
+runtime: process
+```
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from ember.errors import InvalidJobSpec
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+REF_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CodeSpec(_Spec):
+    path: str | None = None
+    git: str | None = None
+    ref: str = "HEAD"
+    entrypoint: str | None = None
+    """`module:Class` of a `ember.sdk.ModelManager` subclass."""
+    serverapp: str | None = None
+    clientapp: str | None = None
+    requirements: list[str] | str = Field(default_factory=list)
+
+    @field_validator("entrypoint", "serverapp", "clientapp")
+    @classmethod
+    def _ref(cls, value: str | None) -> str | None:
+        if value is not None and not REF_RE.match(value):
+            raise ValueError(f"must look like 'module:Name', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CodeSpec:
+        if self.path and self.git:
+            raise ValueError("give either 'path' or 'git', not both")
+        if (self.serverapp is None) != (self.clientapp is None):
+            raise ValueError("a Flower app needs both 'serverapp' and 'clientapp'")
+        if self.entrypoint and self.serverapp:
+            raise ValueError("give either 'entrypoint' (a ModelManager) or 'serverapp'/'clientapp' (a Flower app)")
+        return self
+
+
+class DataSpec(_Spec):
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: list[str]) -> list[str]:
+        for tag in tags:
+            if not re.match(r"^[A-Za-z0-9_.-]{1,100}$", tag):
+                raise ValueError(f"invalid tag {tag!r} (letters, digits, '_', '.', '-')")
+        return tags
+
+
+class LearnerSpec(_Spec):
+    count: int = Field(3, ge=1, le=1000)
+    min: int | None = Field(None, ge=1)
+    """Minimum learners to start a round and to keep the job alive (default: count)."""
+
+    @model_validator(mode="after")
+    def _min(self) -> LearnerSpec:
+        if self.min is not None and self.min > self.count:
+            raise ValueError(f"min ({self.min}) cannot exceed count ({self.count})")
+        return self
+
+    @property
+    def minimum(self) -> int:
+        return self.min if self.min is not None else self.count
+
+
+class TrainingSpec(_Spec):
+    rounds: int = Field(3, ge=1, le=100_000)
+    strategy: str = "FedAvg"
+    strategy_params: dict[str, Any] = Field(default_factory=dict)
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(0.01, gt=0)
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    fraction_evaluate: float = Field(1.0, ge=0, le=1)
+    round_timeout: float = Field(120.0, gt=0)
+    seed: int = 0
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, name: str) -> str:
+        from ember.fl_strategies import strategy_class  # flwr is imported lazily
+
+        strategy_class(name)
+        return name
+
+    @field_validator("strategy_params")
+    @classmethod
+    def _params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from ember.fl_strategies import validate_strategy
+
+        if "strategy" in info.data:  # an unknown strategy is reported on its own field
+            validate_strategy(info.data["strategy"], params)
+        return params
+
+
+class ResourceSpec(_Spec):
+    cpus: float = Field(1.0, gt=0)
+    memory_mb: int = Field(1024, ge=16)
+
+
+class TrackingSpec(_Spec):
+    experiment: str | None = None
+    model_name: str | None = None
+
+
+class ProbeSpec(_Spec):
+    """Probe actors (`ember.actors.probe`) instead of ML code: run for `seconds`, exit with a code."""
+
+    seconds: float = Field(1.0, ge=0)
+    exit_code: int = 0
+    aggregator_seconds: float | None = None
+    failing_learner: int | None = Field(None, ge=0)
+    """Index of one learner that exits with `exit_code` (others exit 0); None: all use it."""
+
+
+class JobSpec(_Spec):
+    name: str
+    code: CodeSpec = Field(default_factory=CodeSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    learners: LearnerSpec = Field(default_factory=LearnerSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    runtime: Literal["process", "docker"] = "process"
+    probe: ProbeSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not NAME_RE.match(name):
+            raise ValueError("must be 1-63 lowercase letters, digits or '-', starting with a letter or digit")
+        return name
+
+    @model_validator(mode="after")
+    def _code(self) -> JobSpec:
+        if self.probe is None and not (self.code.entrypoint or self.code.serverapp):
+            raise ValueError("code needs 'entrypoint' (module:ModelManager) or 'serverapp' + 'clientapp' (or use 'probe')")
+        return self
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def model_name(self) -> str:
+        return self.tracking.model_name or self.name
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    out = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(spec)"
+        out.append({"field": loc, "reason": err["msg"].removeprefix("Value error, ")})
+    return out
+
+
+def validate_spec(raw: Any) -> JobSpec:
+    """A validated JobSpec, or InvalidJobSpec whose details name every bad field."""
+    if not isinstance(raw, dict):
+        raise InvalidJobSpec("a job spec must be a mapping", details=[{"field": "(spec)", "reason": "not a mapping"}])
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        summary = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+        raise InvalidJobSpec(f"invalid job spec: {summary}", details=errors) from None
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML job file into a dict (not yet validated; the manager validates)."""
+    text = Path(path).read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidJobSpec(f"{path}: not valid YAML: {exc}", details=[{"field": "(file)", "reason": str(exc)}]) from None
+    if not isinstance(raw, dict):
+        raise InvalidJobSpec(f"{path}: a job spec must be a YAML mapping", details=[{"field": "(file)", "reason": "not a mapping"}])
+    return raw
