@@ -1,0 +1,63 @@
+"""Follow the event log: rebuild a projection, then keep it current.
+
+A control-plane service that reacts to events (builder, notifier, manager) uses a
+`LogFollower`: at start it folds the whole log into its `Projection` (so a restart rebuilds
+state and catches up), then every `events/#` message on the bus wakes it to read the log
+after the last applied seq. The log, not the MQTT message, is the source of truth, so a
+message missed while the service was down loses nothing, and nothing is applied twice.
+After each catch-up it calls `reconcile(projection)`, which must be idempotent (level-
+triggered): act on the current state, append with deterministic event ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from ember import topics
+from ember.bus import Bus, Message
+from ember.eventlog.base import EventLog, StoredEvent
+from ember.log import get_logger
+from ember.projection import Projection
+
+Reconcile = Callable[[Projection, list[StoredEvent]], Awaitable[None]]
+
+
+class LogFollower:
+    def __init__(self, eventlog: EventLog, bus: Bus, reconcile: Reconcile, *, name: str, resync_every: float = 2.0) -> None:
+        self.eventlog = eventlog
+        self.bus = bus
+        self.projection = Projection()
+        self._reconcile = reconcile
+        self._wake = asyncio.Event()
+        self._resync_every = resync_every
+        self.log = get_logger("ember.follower", consumer=name)
+        bus.subscribe(topics.EVENT, self._on_event)
+
+    async def _on_event(self, _message: Message) -> None:
+        self._wake.set()
+
+    async def catch_up(self) -> list[StoredEvent]:
+        new = await self.eventlog.read(after=self.projection.last_seq)
+        self.projection.apply_all(new)
+        return new
+
+    async def run(self) -> None:
+        """Catch up, reconcile, wait for a wake-up (or a periodic resync as a safety net); repeat."""
+        while True:
+            new = await self.catch_up()
+            await self._reconcile(self.projection, new)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._resync_every)
+            except TimeoutError:
+                pass
+
+
+async def append_and_publish(eventlog: EventLog, bus: Bus, envelope) -> StoredEvent:
+    """Write to the log first, then publish on `events/{aggregate}/{type}` (not for duplicates)."""
+    stored = await eventlog.append(envelope)
+    if not stored.duplicate:
+        topic = topics.EVENT.format(bus.root, aggregate=stored.aggregate, type=envelope.type)
+        await bus.publish(topic, stored.envelope)
+    return stored

@@ -1,0 +1,207 @@
+"""Job and node views as a pure projection of the event log.
+
+Every control-plane service (and `ember job show`) folds the same events through `Projection`,
+so they agree on a job's state. Applying an event twice is a no-op (events carry `seq`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ember.eventlog.base import StoredEvent
+from ember.events import (
+    ActorsPlaced,
+    ActorState,
+    ActorStateChanged,
+    Artifact,
+    BuildFailed,
+    BuildStarted,
+    BuildSucceeded,
+    JobCancelled,
+    JobFailed,
+    JobRunning,
+    JobState,
+    JobSubmitted,
+    JobSucceeded,
+    NodeJoined,
+    NodeLost,
+    Role,
+    RoundCompleted,
+    parse_event,
+)
+
+TERMINAL_EVENT = "terminal"
+"""`fact_id(job, TERMINAL_EVENT)` is the id of a job's one terminal event, whoever appends it."""
+
+
+@dataclass
+class Transition:
+    state: JobState
+    time: datetime
+    reason: str
+    seq: int
+
+
+@dataclass
+class ActorView:
+    actor: str
+    role: Role
+    node: str
+    index: int
+    generation: int
+    state: ActorState = ActorState.PENDING
+    exit_code: int | None = None
+    reason: str = ""
+    log_tail: str = ""
+
+
+@dataclass
+class JobView:
+    id: str
+    name: str
+    spec: dict[str, Any]
+    spec_dir: str
+    submitted: datetime
+    state: JobState = JobState.SUBMITTED
+    reason: str = ""
+    transitions: list[Transition] = field(default_factory=list)
+    artifact: Artifact | None = None
+    generation: int = 0
+    actors: dict[str, ActorView] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def current_actors(self) -> list[ActorView]:
+        """Actors of the latest placement generation (re-placed ones replace lost ones)."""
+        return [a for a in self.actors.values() if a.generation == self.generation]
+
+    def learners(self) -> list[ActorView]:
+        return [a for a in self.current_actors() if a.role == Role.LEARNER]
+
+    def aggregator(self) -> ActorView | None:
+        return next((a for a in self.current_actors() if a.role == Role.AGGREGATOR), None)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "job": self.id,
+            "name": self.name,
+            "state": self.state.value,
+            "reason": self.reason,
+            "submitted": self.submitted.isoformat(),
+            "transitions": [
+                {"state": t.state.value, "time": t.time.isoformat(), "reason": t.reason, "seq": t.seq} for t in self.transitions
+            ],
+            "actors": [
+                {
+                    "actor": a.actor,
+                    "role": a.role.value,
+                    "node": a.node,
+                    "state": a.state.value,
+                    "exit_code": a.exit_code,
+                    "reason": a.reason,
+                    "generation": a.generation,
+                }
+                for a in self.actors.values()
+            ],
+            "rounds": self.rounds,
+            "result": self.result,
+            "artifact": self.artifact.model_dump() if self.artifact else None,
+        }
+
+
+@dataclass
+class NodeView:
+    node: str
+    online: bool
+    info: dict[str, Any]
+    since: datetime
+
+
+class Projection:
+    """Folds events into job and node views. `apply` returns True when a job's state changed."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobView] = {}
+        self.nodes: dict[str, NodeView] = {}
+        self.last_seq = 0
+
+    def apply_all(self, events: list[StoredEvent]) -> None:
+        for event in events:
+            self.apply(event)
+
+    def apply(self, stored: StoredEvent) -> bool:
+        if stored.seq <= self.last_seq:
+            return False
+        self.last_seq = stored.seq
+        try:
+            event = parse_event(stored.envelope)
+        except (KeyError, ValueError):
+            return False  # an event type this version does not know: kept in the log, ignored here
+        env = stored.envelope
+        if isinstance(event, NodeJoined):
+            self.nodes[event.node] = NodeView(event.node, True, event.info, env.time)
+            return False
+        if isinstance(event, NodeLost):
+            view = self.nodes.setdefault(event.node, NodeView(event.node, False, {}, env.time))
+            view.online, view.since = False, env.time
+            return False
+        if isinstance(event, JobSubmitted):
+            if env.subject not in self.jobs:
+                job = JobView(env.subject, event.name, event.spec, event.spec_dir, env.time)
+                job.transitions.append(Transition(JobState.SUBMITTED, env.time, "submitted", stored.seq))
+                self.jobs[env.subject] = job
+                return True
+            return False
+        job = self.jobs.get(env.subject)
+        if job is None:
+            return False
+        return self._apply_job(job, event, stored)
+
+    def _move(self, job: JobView, state: JobState, reason: str, stored: StoredEvent, allowed: tuple[JobState, ...]) -> bool:
+        if job.state not in allowed:
+            return False
+        job.state, job.reason = state, reason
+        job.transitions.append(Transition(state, stored.envelope.time, reason, stored.seq))
+        return True
+
+    def _apply_job(self, job: JobView, event: Any, stored: StoredEvent) -> bool:
+        S = JobState
+        if isinstance(event, BuildStarted):
+            return self._move(job, S.BUILDING, event.reason or "building artifact", stored, (S.SUBMITTED,))
+        if isinstance(event, BuildSucceeded):
+            job.artifact = event.artifact
+            reason = "artifact cached" if event.artifact.cached else f"built in {event.duration_s:.1f}s"
+            return self._move(job, S.PLACING, reason, stored, (S.SUBMITTED, S.BUILDING))
+        if isinstance(event, BuildFailed):
+            return self._move(job, S.FAILED, f"build failed: {event.reason}", stored, (S.SUBMITTED, S.BUILDING))
+        if isinstance(event, ActorsPlaced):
+            if job.state.terminal or event.generation <= job.generation:
+                return False
+            job.generation = event.generation
+            for p in event.actors:
+                job.actors[p.actor] = ActorView(p.actor, p.role, p.node, p.index, event.generation)
+            reason = event.reason or f"{len(event.actors)} actors placed"
+            return self._move(job, S.DEPLOYING, reason, stored, (S.PLACING, S.RUNNING, S.DEPLOYING))
+        if isinstance(event, ActorStateChanged):
+            actor = job.actors.get(event.actor)
+            if actor is not None and not actor.state.terminal:
+                actor.state, actor.exit_code = event.state, event.exit_code
+                actor.reason, actor.log_tail = event.reason, event.log_tail
+            return False
+        if isinstance(event, JobRunning):
+            return self._move(job, S.RUNNING, event.reason, stored, (S.DEPLOYING,))
+        if isinstance(event, RoundCompleted):
+            if all(r["round"] != event.round for r in job.rounds):
+                job.rounds.append(event.model_dump(mode="json"))
+            return False
+        nonterminal = (S.SUBMITTED, S.BUILDING, S.PLACING, S.DEPLOYING, S.RUNNING)
+        if isinstance(event, JobSucceeded):
+            job.result = event.model_dump(mode="json")
+            return self._move(job, S.SUCCEEDED, event.reason or "succeeded", stored, nonterminal)
+        if isinstance(event, JobFailed):
+            return self._move(job, S.FAILED, event.reason, stored, nonterminal)
+        if isinstance(event, JobCancelled):
+            return self._move(job, S.CANCELLED, event.reason, stored, nonterminal)
+        return False
