@@ -74,6 +74,7 @@ class MqttPublisher:
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             timeout=timeout,
         )
+        self._client.pending_calls_threshold = max_in_flight + 1  # the bound is ours; no warnings
         self._stack = contextlib.AsyncExitStack()
         self._tasks: asyncio.TaskGroup | None = None
 
