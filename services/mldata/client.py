@@ -100,6 +100,10 @@ class MldataClient:
         """Per tag: partitions, rows, bytes, first_ts, last_ts."""
         return self._action("tags")
 
+    def stats(self) -> dict[str, int]:
+        """The server's MQTT ingestion counters."""
+        return self._action("stats")
+
     def drop(self, *, partition: str | None = None, tag: str | None = None) -> list[str]:
         body = {"partition": partition} if partition is not None else {"tag": tag}
         return self._action("drop", body)["dropped"]

@@ -35,6 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 ACTIONS = {
     "tags": "per-tag partitions, rows, bytes, first and last `ts` (JSON list)",
     "drop": 'delete a partition or a whole tag: {"partition": name} or {"tag": tag}',
+    "stats": "MQTT ingestion counters (messages, readings, malformed, flushes, ...)",
 }
 
 
@@ -91,10 +92,19 @@ def flight_info(part: Partition) -> flight.FlightInfo:
 class MldataFlightServer(flight.FlightServerBase):
     """Serves one `PartitionStore`; every call needs `authorization: Bearer <token>`."""
 
-    def __init__(self, store: PartitionStore, *, location: str, token: str, batch_size: int = 1 << 17) -> None:
+    def __init__(
+        self,
+        store: PartitionStore,
+        *,
+        location: str,
+        token: str,
+        batch_size: int = 1 << 17,
+        stats: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(location, middleware={"auth": BearerTokenMiddlewareFactory(token)})
         self.store = store
         self.batch_size = batch_size
+        self.stats = stats or dict
 
     @_translated
     def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
@@ -144,6 +154,8 @@ class MldataFlightServer(flight.FlightServerBase):
             dropped = self.store.drop(name=request.partition, tag=request.tag)
             log.info("partitions_dropped", partitions=dropped)
             payload = {"dropped": dropped}
+        elif action.type == "stats":
+            payload = self.stats()
         else:
             raise InvalidRequest(f"unknown action {action.type!r}; known: {sorted(ACTIONS)}")
         return iter([flight.Result(json.dumps(payload).encode())])

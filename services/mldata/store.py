@@ -139,6 +139,10 @@ class PartitionStore:
             self._schemas[part.tag] = part.schema if ref is None else schemas.merge(ref, part.schema)
         return self
 
+    @property
+    def is_open(self) -> bool:
+        return self._lock_fd is not None
+
     def close(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
