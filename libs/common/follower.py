@@ -45,9 +45,9 @@ class LogFollower:
     async def run(self) -> None:
         """Catch up, reconcile, wait for a wake-up (or a periodic resync as a safety net); repeat."""
         while True:
+            self._wake.clear()  # before reading: an event published during reconcile wakes the next pass
             new = await self.catch_up()
             await self._reconcile(self.projection, new)
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._resync_every)
             except TimeoutError:
