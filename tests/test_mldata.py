@@ -1,9 +1,13 @@
-"""mldata over real Arrow Flight: put/get, dedup, concurrency, schema, auth, loader, actions."""
+"""mldata over real Arrow Flight: put/get, dedup, concurrency, schema, auth, loader, actions,
+and `kill -9` of a real mldata process during a large put."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +28,7 @@ from ember.mldata.names import PARTITION_RE, TMP_PREFIX
 from ember.mldata.server import MldataFlightServer
 from ember.mldata.store import PartitionStore
 from ember.mldata.summary import node_data_summary, read_summary, write_summary
+from ember.testing import free_port, wait_for_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 TOKEN = "node-secret"
@@ -226,3 +231,76 @@ def test_restart_reloads_catalogue_and_schema(tmp_path: Path) -> None:
         assert not [p for p in os.listdir(store.root) if p.startswith(TMP_PREFIX)]
         with pytest.raises(SchemaMismatch):
             store.write_table("t", pa.table({"x": [1]}))
+
+def start_mldata(data: Path, port: int, home: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "ember.mldata", "--port", str(port), "--host", "127.0.0.1"]
+    cmd += ["--data-dir", str(data), "--token", TOKEN, "--node", "crash-node", "--no-ingest"]
+    env = {**os.environ, "EMBER_HOME": str(home), "EMBER_LOG_FORMAT": "json"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(home / "mldata.log", "ab"))
+    wait_for_port("127.0.0.1", port, timeout=20, process=proc)
+    return proc
+
+
+def incoming(data: Path) -> list[Path]:
+    return [data / n for n in os.listdir(data) if n.startswith(TMP_PREFIX)]
+
+
+def partitions(data: Path) -> set[str]:
+    return {n for n in os.listdir(data) if PARTITION_RE.match(n)}
+
+
+def test_kill_9_during_put_leaves_no_partial_partition(tmp_path: Path) -> None:
+    data, home, port = tmp_path / "data", tmp_path / "home", free_port()
+    home.mkdir()
+    earlier = {f"e{i}": readings(50_000, seed=i, start=i * 50_000) for i in range(2)}
+    proc = start_mldata(data, port, home)
+    try:
+        url = f"grpc://127.0.0.1:{port}"
+        with MldataClient(url, TOKEN) as client:
+            names = {client.push("plant", table)["partition"]: table for table in earlier.values()}
+        killed = threading.Event()
+        failure: list[BaseException] = []
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for i in range(40):  # 2.6M rows: the server has flushed row groups to its temp file
+                yield from readings(65_536, seed=100 + i, start=i * 65_536).to_batches()
+            killed.wait(30)
+            yield from readings(65_536, seed=999).to_batches()
+
+        def big_put() -> None:
+            try:
+                with MldataClient(url, TOKEN) as client:
+                    client.push("plant", pa.RecordBatchReader.from_batches(readings(1).schema, batches()))
+            except BaseException as exc:  # the server dies under it
+                failure.append(exc)
+
+        putter = threading.Thread(target=big_put)
+        putter.start()
+        wait_until(lambda: any(p.stat().st_size > 1_000_000 for p in incoming(data)), timeout=30, message="no partial upload on disk")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        killed.set()
+        putter.join(30)
+        assert failure, "the put must fail when the server is killed"
+        assert partitions(data) == set(names)  # the partial upload is not a partition
+        assert incoming(data)  # ... it is only a hidden temp file
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    proc = start_mldata(data, port, home)
+    try:
+        with MldataClient(url, TOKEN) as client:
+            listed = {info.endpoints[0].ticket.ticket.decode() for info in client.partitions(["plant"])}
+            assert listed == set(names)
+            for name, table in names.items():
+                assert client.read(name).equals(table)
+            assert not incoming(data)  # swept at start-up
+            assert client.push("plant", readings(10, seed=7))["rows"] == 10
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
