@@ -1,0 +1,235 @@
+"""The AsyncAPI 3.0 document of Ember's bus, generated from `ember.topics.ALL` and the pydantic models.
+
+Every channel is one topic template (`nodes/{node}/desired`) with its parameters; every message is
+the envelope (`ember.envelope.Envelope`) whose `type` and `data` are pinned to one payload model.
+Flower frames (`jobs/{job}/fl/...`) are the only payloads that are not envelopes.
+
+    doc = build_document()               # a plain dict
+    text = render(doc, "yaml")           # or "json"
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from ember import events, topics
+from ember.envelope import ENVELOPE_VERSION, Envelope
+
+REF = "#/components/schemas/{model}"
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubmitJob(_Doc):
+    """`req/jobs.submit`: the job spec (YAML as JSON) and the folder its relative paths start from."""
+
+    spec: dict[str, Any]
+    spec_dir: str = ""
+
+
+class JobRef(_Doc):
+    """`req/jobs.get`, `req/jobs.cancel`: one job id."""
+
+    job: str
+
+
+class NoArguments(_Doc):
+    """`req/jobs.list`, `req/nodes.list`: no arguments."""
+
+
+class ReplyError(_Doc):
+    code: str = Field(description="stable error code: invalid_request, invalid_job_spec, not_found, conflict, timeout, unavailable, internal")
+    message: str
+    details: Any = None
+
+
+class Reply(_Doc):
+    """A reply on the requester's response topic; carries the request's correlation data."""
+
+    ok: bool
+    result: Any = None
+    error: ReplyError | None = None
+
+
+class SensorReadings(_Doc):
+    """A batch of one device's readings (columns of `ember.devices.sensors.READING_SCHEMA`)."""
+
+    readings: list[dict[str, Any]]
+
+
+REQUESTS: dict[str, type[BaseModel]] = {
+    "jobs.submit": SubmitJob,
+    "jobs.cancel": JobRef,
+    "jobs.get": JobRef,
+    "jobs.list": NoArguments,
+    "nodes.list": NoArguments,
+}
+
+# Payload models carried by each channel (the envelope `type` is the model's class name, except
+# requests, whose type is `request.<action>`). Channels missing here carry raw bytes.
+PAYLOADS: dict[topics.TopicTemplate, list[type[BaseModel]]] = {
+    topics.REQUEST: list(dict.fromkeys(REQUESTS.values())),
+    topics.REPLY: [Reply],
+    topics.EVENT: list(events.Event.registry.values()),
+    topics.NODE_INFO: [events.NodeInfo],
+    topics.NODE_STATUS: [events.NodeStatus],
+    topics.NODE_DESIRED: [events.DesiredState],
+    topics.ACTOR_STATE: [events.ActorReport],
+    topics.ACTOR_LOG: [events.ActorLogLines],
+    topics.JOB_PROGRESS: [events.RoundCompleted],
+    topics.DATA: [SensorReadings],
+}
+
+# Who publishes (`send`) and who subscribes (`receive`), from the point of view of Ember's services.
+ACTIONS: dict[topics.TopicTemplate, tuple[str, str]] = {
+    topics.REQUEST: ("any client (ember CLI)", "manager"),
+    topics.REPLY: ("manager", "the requesting client"),
+    topics.EVENT: ("manager, builder, notifier (after appending to the event log)", "manager, builder, notifier, ember CLI"),
+    topics.NODE_INFO: ("flamelet (retained)", "manager, notifier"),
+    topics.NODE_STATUS: ("flamelet (retained, Last Will = offline)", "manager, notifier"),
+    topics.NODE_DESIRED: ("notifier (retained)", "flamelet of that node"),
+    topics.ACTOR_STATE: ("flamelet (retained)", "manager"),
+    topics.ACTOR_LOG: ("flamelet", "ember CLI (job logs --follow)"),
+    topics.JOB_PROGRESS: ("aggregator actor", "manager"),
+    topics.FL_DOWN: ("aggregator actor", "learner actor"),
+    topics.FL_UP: ("learner actor", "aggregator actor"),
+    topics.DATA: ("edge devices", "mldata"),
+}
+
+PARAM_DOC = {
+    "action": "request name",
+    "client": "MQTT client id of the requester",
+    "aggregate": "event stream: job or node",
+    "type": "event type (class name)",
+    "node": "node id, e.g. node-1",
+    "actor": "actor id",
+    "job": "job id, `{name}-{8 hex}`",
+    "tag": "data tag",
+}
+
+
+def channel_id(template: topics.TopicTemplate) -> str:
+    """`nodes/{node}/actors/{actor}/state` -> `nodesActorsState`."""
+    words = [w for w in template.pattern.split("/") if not w.startswith("{")]
+    words = [re.sub(r"[^A-Za-z0-9]", "", w) for w in words]
+    return words[0] + "".join(w[:1].upper() + w[1:] for w in words[1:])
+
+
+def _parameters(template: topics.TopicTemplate) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name in template.params:
+        param: dict[str, Any] = {"description": PARAM_DOC.get(name, name)}
+        if template is topics.REQUEST and name == "action":
+            param["enum"] = list(REQUESTS)
+        elif template is topics.EVENT and name == "aggregate":
+            param["enum"] = sorted({cls.aggregate for cls in events.Event.registry.values()})
+        elif template is topics.EVENT and name == "type":
+            param["enum"] = list(events.Event.registry)
+        params[name] = param
+    return params
+
+
+def _envelope_message(type_name: str, model: type[BaseModel], summary: str) -> dict[str, Any]:
+    payload = {
+        "allOf": [
+            {"$ref": REF.format(model="Envelope")},
+            {
+                "type": "object",
+                "properties": {"type": {"const": type_name}, "data": {"$ref": REF.format(model=model.__name__)}},
+            },
+        ]
+    }
+    return {"name": type_name, "title": type_name, "summary": summary, "contentType": "application/json", "payload": payload}
+
+
+def _messages(template: topics.TopicTemplate) -> dict[str, Any]:
+    if template is topics.REQUEST:
+        return {
+            f"request.{action}": _envelope_message(f"request.{action}", model, (model.__doc__ or "").strip())
+            for action, model in REQUESTS.items()
+        }
+    models = PAYLOADS.get(template)
+    if models is None:  # Flower frames: Flower's protobuf serialisation, chunked when large
+        return {
+            "FlowerFrame": {
+                "name": "FlowerFrame",
+                "summary": "a Flower message (protobuf), chunked when large; not an envelope",
+                "contentType": "application/octet-stream",
+                "payload": {"type": "string", "format": "binary"},
+            }
+        }
+    return {m.__name__: _envelope_message(m.__name__, m, (m.__doc__ or m.__name__).strip().splitlines()[0]) for m in models}
+
+
+def _schemas() -> dict[str, Any]:
+    models = [Envelope, *REQUESTS.values(), *(m for ms in PAYLOADS.values() for m in ms)]
+    unique = list(dict.fromkeys(models))
+    refs, top = models_json_schema([(m, "validation") for m in unique], ref_template=REF)
+    schemas = dict(top.get("$defs", {}))
+    for model in unique:  # a model referenced by nobody is inlined under its own name
+        schemas.setdefault(model.__name__, refs[(model, "validation")])
+    return schemas
+
+
+def build_document(root: str = "ember/v1", *, server: str = "127.0.0.1:1883") -> dict[str, Any]:
+    """The whole AsyncAPI 3.0 document as a JSON-compatible dict."""
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    for template in topics.ALL:
+        cid = channel_id(template)
+        messages = _messages(template)
+        channels[cid] = {
+            "address": f"{root}/{template.pattern}",
+            "title": template.pattern,
+            "description": template.description,
+            "parameters": _parameters(template),
+            "messages": messages,
+        }
+        publisher, subscriber = ACTIONS.get(template, ("", ""))
+        refs = [{"$ref": f"#/channels/{cid}/messages/{name}"} for name in messages]
+        for action, who in (("send", publisher), ("receive", subscriber)):
+            operations[f"{action}{cid[:1].upper()}{cid[1:]}"] = {
+                "action": action,
+                "channel": {"$ref": f"#/channels/{cid}"},
+                "summary": f"{who} {'publishes' if action == 'send' else 'subscribes'}",
+                "messages": refs,
+            }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Ember control and data plane",
+            "version": f"envelope v{ENVELOPE_VERSION}",
+            "description": (
+                "Every topic and payload of Ember's MQTT bus. Payloads are JSON envelopes "
+                "`{id, type, time, source, subject, data, v}` whose `data` matches the message's model; "
+                "requests use MQTT 5 response topic + correlation data; QoS 1 throughout."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "local": {
+                "host": server,
+                "protocol": "mqtt",
+                "protocolVersion": "5",
+                "description": "the private Mosquitto started by `ember up` (address in $EMBER_HOME/broker.json)",
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {"schemas": _schemas()},
+    }
+
+
+def render(document: dict[str, Any], fmt: Literal["yaml", "json"] = "yaml") -> str:
+    """The document as YAML (default) or JSON text."""
+    if fmt == "json":
+        return json.dumps(document, indent=2, default=str) + "\n"
+    return yaml.safe_dump(json.loads(json.dumps(document, default=str)), sort_keys=False, width=120)

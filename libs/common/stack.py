@@ -1,0 +1,407 @@
+"""The local stack: a private Mosquitto, the control plane and N flamelets, each its own OS process.
+
+Used by `ember up`, the end-to-end tests, the demo and the benchmarks:
+
+    with Stack(home, flamelets=3) as stack:      # starts everything, waits until ready
+        stack.kill("manager")                     # SIGKILL one process by name ...
+        stack.restart("manager")                  # ... and start it again
+    # ordered shutdown: flamelets, then mldata and services, broker last
+
+Process names: `mosquitto`, `manager`, `builder`, `notifier`, `node-1..N` (flamelets, node id
+`node-i`) and `mldata-1..N` (the node's mldata). Every line a process prints goes to
+`$EMBER_HOME/logs/<name>.log` and, when `echo` is set, to `echo` prefixed by the name.
+
+A supervisor of OS processes is blocking work (Popen, wait, pipes), so this class is synchronous
+with one output thread per process; `async with` runs start/stop in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from ember import topics
+from ember.bus import Bus, Message
+from ember.errors import EmberError, RequestTimeout, Unavailable
+from ember.settings import Settings
+from ember.testing import free_port, mosquitto_binary, wait_for_port
+
+SERVICES = ("manager", "builder", "notifier")
+_COLORS = ("36", "35", "33", "32", "34", "91", "96", "95", "93", "92")
+T = TypeVar("T")
+
+
+class StackError(EmberError):
+    code = "unavailable"
+    exit_code = 6
+
+
+@dataclass
+class Proc:
+    """One supervised process: how to start it, and the running instance."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    group: int
+    """Shutdown order: higher groups stop first (flamelets 3, mldata 2, services 1, broker 0)."""
+    popen: subprocess.Popen[bytes] | None = None
+    pump: threading.Thread | None = None
+    starts: int = 0
+    expected_exit: bool = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+@dataclass
+class Stack:
+    """Supervises the local stack in `home`; see the module doc."""
+
+    home: Path
+    flamelets: int = 3
+    mqtt_url: str | None = None
+    """An existing broker; None: start a private Mosquitto (unless `EMBER_MQTT_URL` is set in `env`)."""
+    env: Mapping[str, str] | None = None
+    echo: IO[str] | None = None
+    color: bool | None = None
+    grace: float = 10.0
+    mldata: bool = True
+    mqtt_port: int = 0
+    procs: dict[str, Proc] = field(default_factory=dict, init=False)
+    url: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home).expanduser().resolve()
+        base = dict(os.environ if self.env is None else self.env)
+        self.mqtt_url = self.mqtt_url or base.get("EMBER_MQTT_URL") or None
+        self._base_env = base
+        self._lock = threading.Lock()
+        self._stopped = False
+        if self.color is None:
+            self.color = bool(self.echo is not None and hasattr(self.echo, "isatty") and self.echo.isatty())
+
+    # --- public API ------------------------------------------------------------------------
+    @property
+    def nodes(self) -> list[str]:
+        return [f"node-{i}" for i in range(1, self.flamelets + 1)]
+
+    @property
+    def broker_file(self) -> Path:
+        return self.home / "broker.json"
+
+    def mldata_file(self, node: str) -> Path:
+        return self.home / "nodes" / node / "mldata.json"
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Stack:
+        await asyncio.to_thread(self.__enter__)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def start(self, *, ready_timeout: float = 90.0) -> Stack:
+        """Start the broker, services, mldata and flamelets; return once the stack is ready."""
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        self._stopped = False
+        if self.mqtt_url:
+            self.url = self.mqtt_url
+        else:
+            self._start_broker()
+        self.broker_file.write_text(json.dumps({"url": self.url, "pid": os.getpid()}) + "\n")
+        env = self._service_env()
+        for name in SERVICES:
+            self._add(name, [sys.executable, "-m", f"ember.{name}"], env, group=1)
+        mldata = {node: self._add_mldata(i, node, env) for i, node in enumerate(self.nodes, 1)} if self.mldata else {}
+        for name in [*SERVICES, *(f"mldata-{i}" for i in range(1, len(mldata) + 1))]:
+            self._spawn(self.procs[name])
+        for node, (port, _) in mldata.items():
+            wait_for_port("127.0.0.1", port, timeout=60, process=self.procs[f"mldata-{node.split('-')[1]}"].popen)
+        for i, node in enumerate(self.nodes, 1):
+            fenv = dict(env, EMBER_NODE_ID=node)
+            if node in mldata:
+                port, token = mldata[node]
+                fenv.update(
+                    EMBER_MLDATA_URL=f"grpc://127.0.0.1:{port}",
+                    EMBER_MLDATA_TOKEN=token,
+                    EMBER_MLDATA_DATA_DIR=str(self.node_data_dir(node)),
+                )
+            self._spawn(self._add(f"node-{i}", [sys.executable, "-m", "ember.flamelet", "--node", node], fenv, group=3))
+        self.wait_ready(ready_timeout)
+        return self
+
+    def node_data_dir(self, node: str) -> Path:
+        return self.home / "nodes" / node / "data"
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until the manager answers `nodes.list` with every flamelet online (or a process dies)."""
+        _in_thread(lambda: self._await_ready(timeout))
+        self._say("stack", f"ready: broker {self.url}, {self.flamelets} flamelet(s), home {self.home}")
+
+    def pid(self, name: str) -> int | None:
+        return self.procs[name].pid if self.procs[name].alive() else None
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, *, timeout: float = 30.0) -> int:
+        """Send `sig` to one process and wait for it to exit; returns its exit status."""
+        proc = self.procs[name]
+        if not proc.alive():
+            return proc.popen.returncode if proc.popen else 0
+        assert proc.popen is not None
+        proc.expected_exit = True
+        proc.popen.send_signal(sig)
+        code = proc.popen.wait(timeout)
+        if proc.pump:
+            proc.pump.join(5)
+        return code
+
+    def restart(self, name: str) -> None:
+        """Stop one process (if alive, SIGTERM then SIGKILL after the grace) and start it again."""
+        proc = self.procs[name]
+        if proc.alive():
+            self._stop_group([proc])
+        self._spawn(proc)
+        if name == "mosquitto":
+            wait_for_port("127.0.0.1", self._broker_port, timeout=30, process=proc.popen)
+
+    def exited(self) -> dict[str, int]:
+        """Processes that exited without being asked to: name -> exit status."""
+        return {
+            p.name: p.popen.returncode
+            for p in self.procs.values()
+            if p.popen is not None and p.popen.poll() is not None and not p.expected_exit
+        }
+
+    def log_path(self, name: str) -> Path:
+        return self.home / "logs" / f"{name}.log"
+
+    def stop(self) -> None:
+        """Ordered, idempotent shutdown: flamelets (their actors stop), mldata, services, broker."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        for group in sorted({p.group for p in self.procs.values()}, reverse=True):
+            self._stop_group([p for p in self.procs.values() if p.group == group])
+        with contextlib.suppress(FileNotFoundError):
+            self.broker_file.unlink()
+        for node in self.nodes:
+            with contextlib.suppress(FileNotFoundError):
+                self.mldata_file(node).unlink()
+
+    def run_until_signal(self) -> int:
+        """Block until SIGINT/SIGTERM (or a process dies unexpectedly), then stop in order."""
+        stop = threading.Event()
+        previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+        reported: set[str] = set()
+        try:
+            while not stop.wait(0.5):
+                for name, code in self.exited().items():
+                    if name not in reported:
+                        reported.add(name)
+                        self._say("stack", f"{name} exited with status {code} (restart it with `ember up` again)")
+        finally:
+            self._say("stack", "shutting down")
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    # --- internals -------------------------------------------------------------------------
+    def _service_env(self) -> dict[str, str]:
+        settings = Settings.from_env(self._base_env, home=str(self.home))
+        env = dict(self._base_env)
+        env.update(
+            EMBER_HOME=str(self.home),
+            EMBER_MQTT_URL=self.url,
+            EMBER_EVENTLOG_URL=settings.resolved_eventlog_url(),
+            PYTHONUNBUFFERED="1",
+        )
+        env.setdefault("EMBER_LOG_FORMAT", "console" if self.color else "json")
+        return env
+
+    def _start_broker(self) -> None:
+        broker_dir = self.home / "broker"
+        (broker_dir / "data").mkdir(parents=True, exist_ok=True)
+        self._broker_port = self.mqtt_port or free_port()
+        conf = broker_dir / "mosquitto.conf"
+        conf.write_text(broker_config(self._broker_port, broker_dir / "data"))
+        proc = self._add("mosquitto", [mosquitto_binary(), "-c", str(conf)], dict(self._base_env), group=0)
+        self._spawn(proc)
+        wait_for_port("127.0.0.1", self._broker_port, timeout=30, process=proc.popen)
+        self.url = f"mqtt://127.0.0.1:{self._broker_port}"
+
+    def _add_mldata(self, index: int, node: str, env: dict[str, str]) -> tuple[int, str]:
+        port, token = free_port(), secrets.token_urlsafe(24)
+        data_dir = self.node_data_dir(node)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        state = self.mldata_file(node)
+        fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"node": node, "url": f"grpc://127.0.0.1:{port}", "token": token, "data_dir": str(data_dir)}, fh)
+        argv = [sys.executable, "-m", "ember.mldata", "--port", str(port), "--data-dir", str(data_dir), "--token", token, "--node", node]
+        self._add(f"mldata-{index}", argv, dict(env, EMBER_NODE_ID=node), group=2)
+        return port, token
+
+    def _add(self, name: str, argv: list[str], env: dict[str, str], *, group: int) -> Proc:
+        self.procs[name] = Proc(name, argv, env, group)
+        return self.procs[name]
+
+    def _spawn(self, proc: Proc) -> None:
+        proc.expected_exit = False
+        proc.starts += 1
+        proc.popen = subprocess.Popen(
+            proc.argv,
+            env=proc.env,
+            cwd=str(self.home),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+        )
+        color = _COLORS[list(self.procs).index(proc.name) % len(_COLORS)]
+        proc.pump = threading.Thread(target=self._pump, args=(proc, proc.popen, color), name=f"pump:{proc.name}", daemon=True)
+        proc.pump.start()
+
+    def _pump(self, proc: Proc, popen: subprocess.Popen[bytes], color: str) -> None:
+        assert popen.stdout is not None
+        width = max(len(n) for n in self.procs) if self.procs else 8
+        with open(self.log_path(proc.name), "ab") as log:
+            for raw in iter(popen.stdout.readline, b""):
+                log.write(raw)
+                log.flush()
+                if self.echo is not None:
+                    line = raw.decode(errors="replace").rstrip("\n")
+                    prefix = f"{proc.name:<{width}} │ "
+                    if self.color:
+                        prefix = f"\x1b[{color}m{prefix}\x1b[0m"
+                    with self._lock:
+                        with contextlib.suppress(ValueError, OSError):
+                            self.echo.write(prefix + line + "\n")
+                            self.echo.flush()
+        popen.stdout.close()
+
+    def _say(self, who: str, text: str) -> None:
+        if self.echo is not None:
+            with self._lock, contextlib.suppress(ValueError, OSError):
+                self.echo.write(f"{who} │ {text}\n")
+                self.echo.flush()
+
+    def _stop_group(self, procs: Iterable[Proc]) -> None:
+        """SIGTERM every process of the group, wait up to the grace, SIGKILL what is left."""
+        running = [p for p in procs if p.alive()]
+        for p in running:
+            p.expected_exit = True
+            with contextlib.suppress(ProcessLookupError):
+                p.popen.terminate()  # type: ignore[union-attr]
+        for p in running:
+            assert p.popen is not None
+            try:
+                p.popen.wait(self.grace)
+            except subprocess.TimeoutExpired:
+                self._say("stack", f"{p.name} did not stop within {self.grace:g}s: SIGKILL")
+                p.popen.kill()
+                p.popen.wait()
+        for p in running:
+            if p.pump:
+                p.pump.join(5)
+
+    async def _await_ready(self, timeout: float) -> None:
+        wake = asyncio.Event()
+
+        async def on_status(_message: Message) -> None:
+            wake.set()
+
+        bus = Bus(self.url, source="ember-stack")
+        bus.subscribe(topics.NODE_STATUS, on_status)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        missing: set[str] = set(self.nodes)
+        async with bus:
+            while True:
+                dead = self.exited()
+                if dead:
+                    name, code = next(iter(dead.items()))
+                    raise StackError(f"{name} exited with status {code} during start-up:\n{self.tail(name)}")
+                with contextlib.suppress(RequestTimeout, Unavailable):
+                    nodes = await bus.request("nodes.list", timeout=1.0)
+                    online = {n.get("node") for n in nodes or [] if n.get("status") == "online"}
+                    missing = set(self.nodes) - online
+                    if not missing:
+                        return
+                if loop.time() >= deadline:
+                    raise StackError(f"stack not ready after {timeout:g}s (waiting for {sorted(missing) or 'the manager'})")
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), 0.5)
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        """The last lines a process printed (from its log file)."""
+        try:
+            return "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def broker_config(port: int, data_dir: Path) -> str:
+    """The stack's Mosquitto config: loopback listener, TCP_NODELAY, persistence, QoS 1 queues."""
+    return "\n".join(
+        [
+            f"listener {port} 127.0.0.1",
+            "allow_anonymous true",
+            "set_tcp_nodelay true",
+            "persistence true",
+            f"persistence_location {data_dir}/",
+            "autosave_interval 10",
+            "max_queued_messages 100000",
+            "max_inflight_messages 100",
+            "message_size_limit 0",
+            "log_dest stdout",
+            "log_type error",
+            "log_type warning",
+            "",
+        ]
+    )
+
+
+def _in_thread(factory: Any) -> Any:
+    """Run the coroutine `factory()` on a fresh event loop in a worker thread (safe inside a loop)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = asyncio.run(factory())
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="stack-ready", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
