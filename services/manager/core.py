@@ -1,0 +1,128 @@
+"""The manager's behaviour: answer requests, record reports, drive job transitions.
+
+`Manager` holds the projection (through its `LogFollower`) and the node table, and appends
+events with deterministic ids (write to the log first, then publish). It knows nothing of topic
+strings or payload decoding: `handlers.py` does that; `app.py` wires and runs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ember.bus import Bus
+from ember.errors import Conflict
+from ember.eventlog.base import EventLog, StoredEvent
+from ember.events import ActorReport, Event, NodeInfo, NodeStatus, RoundCompleted
+from ember.follower import LogFollower, append_and_publish
+from ember.log import get_logger
+from ember.manager import decide, jobs, reports
+from ember.manager.nodes import NodeTable
+from ember.projection import Projection
+
+log = get_logger("ember.manager")
+
+
+class Manager:
+    """Request answers, report recording and the reconcile pass, over one log and one bus."""
+
+    def __init__(self, eventlog: EventLog, bus: Bus, *, tail_lines: int = 20, resync: float = 2.0) -> None:
+        self.eventlog = eventlog
+        self.bus = bus
+        self.tail_lines = tail_lines
+        self.nodes = NodeTable()
+        self.follower = LogFollower(eventlog, bus, self.reconcile, name="manager", resync_every=resync)
+
+    @property
+    def projection(self) -> Projection:
+        return self.follower.projection
+
+    async def catch_up(self) -> None:
+        """Fold what the log holds beyond the projection (read-your-writes for requests)."""
+        await self.follower.catch_up()
+
+    async def append(self, event_id: str, subject: str, event: Event) -> StoredEvent:
+        stored = await append_and_publish(self.eventlog, self.bus, event.envelope(subject, source=self.bus.source, event_id=event_id))
+        if not stored.duplicate:
+            log.info("event.appended", type=type(event).__name__, id=event_id, seq=stored.seq, **_ids(subject, event))
+        return stored
+
+    # --- requests --------------------------------------------------------------------------
+    async def submit(self, request: jobs.SubmitRequest, request_id: str) -> dict[str, Any]:
+        job, event_id, event = jobs.submitted(request, request_id)
+        stored = await self.append(event_id, job, event)
+        log.info("job.submitted", job=job, duplicate=stored.duplicate, seq=stored.seq)
+        return {"job": job, "state": "submitted"}
+
+    async def cancel(self, job: str) -> dict[str, Any]:
+        await self.catch_up()
+        event_id, event = jobs.cancelled(jobs.find(self.projection, job))
+        stored = await self.append(event_id, job, event)
+        await self.catch_up()
+        view = jobs.find(self.projection, job)
+        if stored.type != type(event).__name__:
+            raise Conflict(f"job {job} is already {view.state.value}: {view.reason}")
+        return view.summary()
+
+    async def get(self, job: str) -> dict[str, Any]:
+        await self.catch_up()
+        return jobs.find(self.projection, job).summary()
+
+    async def list_jobs(self) -> list[dict[str, Any]]:
+        await self.catch_up()
+        return jobs.listing(self.projection)
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        await self.catch_up()
+        return self.nodes.listing(self.projection)
+
+    # --- reports ---------------------------------------------------------------------------
+    async def record_actor(self, report: ActorReport) -> None:
+        bound = log.bind(job=report.job, node=report.node, actor=report.actor, state=report.state.value)
+        decision = reports.actor_event(report, self.projection.jobs.get(report.job))
+        if isinstance(decision, reports.Skip):
+            await self.catch_up()  # the placement may be in the log but not yet in our view
+            decision = reports.actor_event(report, self.projection.jobs.get(report.job))
+        if isinstance(decision, reports.Skip):
+            bound.info("actor_report.dropped", reason=decision.reason)
+            return
+        event_id, event = decision
+        await self.append(event_id, report.job, event)
+
+    async def record_round(self, job_id: str, event: RoundCompleted) -> None:
+        decision = reports.round_event(event, self.projection.jobs.get(job_id), job_id)
+        if isinstance(decision, reports.Skip):
+            await self.catch_up()
+            decision = reports.round_event(event, self.projection.jobs.get(job_id), job_id)
+        if isinstance(decision, reports.Skip):
+            log.info("progress.dropped", job=job_id, round=event.round, reason=decision.reason)
+            return
+        event_id, event = decision
+        await self.append(event_id, job_id, event)
+
+    async def record_node(self, node: str, *, info: NodeInfo | None = None, status: NodeStatus | None = None) -> None:
+        if info is not None:
+            self.nodes.update_info(info)
+        if status is not None:
+            self.nodes.update_status(status)
+        await self.catch_up()
+        decision = self.nodes.membership_event(node, self.projection)
+        if decision is not None:
+            await self.append(decision[0], node, decision[1])
+
+    # --- the state machine -----------------------------------------------------------------
+    async def reconcile(self, projection: Projection, _new: list[StoredEvent]) -> None:
+        """Level-triggered: append every transition the projection says is owed."""
+        for job in list(projection.jobs.values()):
+            if job.state.terminal:
+                continue
+            for event_id, event in decide.decide(job, tail_lines=self.tail_lines):
+                await self.append(event_id, job.id, event)
+
+
+def _ids(subject: str, event: Event) -> dict[str, str]:
+    """Log context for an event: its job or node, and its actor when it has one."""
+    out = {"node": subject} if event.aggregate == "node" else {"job": subject}
+    actor = getattr(event, "actor", None)
+    if isinstance(actor, str):
+        out["actor"] = actor
+    return out

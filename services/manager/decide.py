@@ -1,0 +1,90 @@
+"""The manager's half of the job state machine, level-triggered from the projection.
+
+`decide(job)` looks at a job's current actors and returns the transitions the manager owes it,
+each with its deterministic id (docs/control-plane.md). Calling it again after a crash or on a
+stale view is harmless: the log ignores an id it already holds, and a job has one terminal event.
+
+- `deploying` -> `running` once every actor of the current generation has reached `running`
+  (an actor that already exited ok counts: it ran).
+- aggregator `exited` (code 0) -> `succeeded` (preceded by `running` if that was never recorded,
+  e.g. the manager was down while the whole job ran).
+- aggregator `failed`/`lost` -> `failed`, with its log tail.
+- learners of the current generation that are not failed/lost < `learners.min` -> `failed`,
+  naming the failed learner, its exit code and its log tail.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from ember.events import ActorState, Event, JobFailed, JobRunning, JobState, JobSucceeded, fact_id
+from ember.jobspec import LearnerSpec
+from ember.projection import TERMINAL_EVENT, ActorView, JobView
+
+REACHED_RUNNING = (ActorState.RUNNING, ActorState.EXITED)
+DOWN = (ActorState.FAILED, ActorState.LOST)
+
+Decision = tuple[str, Event]
+
+
+def minimum_learners(job: JobView) -> int:
+    """`learners.min` of the job's spec (default: `learners.count`)."""
+    try:
+        return LearnerSpec.model_validate(job.spec.get("learners") or {}).minimum
+    except ValidationError:
+        return 1
+
+
+def tail(text: str, lines: int) -> str:
+    kept = [line for line in text.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def describe(actor: ActorView) -> str:
+    """`learner l1 on node-a failed with exit code 3 (reason)`."""
+    how = actor.state.value
+    if actor.exit_code is not None:
+        how += f" with exit code {actor.exit_code}"
+    text = f"{actor.role.value} {actor.actor} on {actor.node} {how}"
+    if actor.reason:
+        text += f" ({actor.reason})"
+    return text
+
+
+def with_tail(reason: str, actor: ActorView, lines: int) -> str:
+    excerpt = tail(actor.log_tail, lines)
+    return f"{reason}\n--- log tail of {actor.actor} ---\n{excerpt}" if excerpt else reason
+
+
+def decide(job: JobView, *, tail_lines: int = 20) -> list[Decision]:
+    """Transitions the manager owes `job` now, in the order they must be appended."""
+    if job.state not in (JobState.DEPLOYING, JobState.RUNNING) or job.generation == 0:
+        return []
+    actors = job.current_actors()
+    if not actors:
+        return []
+    terminal = fact_id(job.id, TERMINAL_EVENT)
+    running_id = fact_id(job.id, "running", job.generation)
+    aggregator = job.aggregator()
+    if aggregator is not None and aggregator.state in DOWN:
+        return [(terminal, JobFailed(reason=with_tail(describe(aggregator), aggregator, tail_lines)))]
+    if aggregator is not None and aggregator.state == ActorState.EXITED:
+        out: list[Decision] = []
+        if job.state == JobState.DEPLOYING:
+            out.append((running_id, JobRunning(reason="actors ran; aggregator finished")))
+        metrics = dict(job.rounds[-1].get("metrics", {})) if job.rounds else {}
+        out.append((terminal, JobSucceeded(reason="aggregator exited with code 0", metrics=metrics)))
+        return out
+    learners = job.learners()
+    down = sorted((a for a in learners if a.state in DOWN), key=lambda a: (a.index, a.actor))
+    alive = len(learners) - len(down)
+    minimum = minimum_learners(job)
+    if down and alive < minimum:
+        first = down[0]
+        reason = f"{describe(first)}: {alive} learners left, minimum {minimum}"
+        if len(down) > 1:
+            reason += " (also down: " + ", ".join(a.actor for a in down[1:]) + ")"
+        return [(terminal, JobFailed(reason=with_tail(reason, first, tail_lines)))]
+    if job.state == JobState.DEPLOYING and all(a.state in REACHED_RUNNING for a in actors):
+        return [(running_id, JobRunning(reason=f"all {len(actors)} actors running"))]
+    return []

@@ -1,0 +1,78 @@
+"""What the manager records from flamelet and aggregator reports (plain functions).
+
+A report is turned into the event to append (with its deterministic id) or into `Skip` with a
+reason to log. Payloads that do not validate raise `ValueError` (pydantic's ValidationError is
+one), which the bus logs, counts as `dropped_invalid` and drops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ember.envelope import Envelope
+from ember.events import ActorReport, ActorState, ActorStateChanged, RoundCompleted, fact_id
+from ember.projection import JobView
+
+ORDER = {
+    ActorState.PENDING: 0,
+    ActorState.PULLING: 1,
+    ActorState.STARTING: 2,
+    ActorState.RUNNING: 3,
+    ActorState.EXITED: 4,
+    ActorState.FAILED: 4,
+    ActorState.LOST: 4,
+}
+MAX_LOG_TAIL = 16_000
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A well-formed report the manager does not record, and why (logged)."""
+
+    reason: str
+
+
+def parse_actor_report(envelope: Envelope, params: dict[str, str]) -> ActorReport:
+    """The report in `envelope`, checked against the topic it came on."""
+    report = ActorReport.model_validate(envelope.data)
+    if report.node != params.get("node") or report.actor != params.get("actor"):
+        raise ValueError(f"report for {report.node}/{report.actor} published on the topic of {params.get('node')}/{params.get('actor')}")
+    return report
+
+
+def actor_event(report: ActorReport, job: JobView | None) -> tuple[str, ActorStateChanged] | Skip:
+    """`{job}:{actor}:{state}` -> ActorStateChanged, or Skip for unknown / stale reports."""
+    if job is None:
+        return Skip(f"unknown job {report.job}")
+    actor = job.actors.get(report.actor)
+    if actor is None:
+        return Skip(f"job {report.job} has no actor {report.actor}")
+    if actor.node != report.node:
+        return Skip(f"actor {report.actor} is placed on {actor.node}, not {report.node}")
+    if actor.state.terminal or ORDER[report.state] < ORDER[actor.state]:
+        return Skip(f"stale report: actor is already {actor.state.value}")
+    event = ActorStateChanged(
+        actor=report.actor,
+        node=report.node,
+        role=actor.role,
+        state=report.state,
+        exit_code=report.exit_code,
+        reason=report.reason,
+        log_tail=report.log_tail[-MAX_LOG_TAIL:],
+    )
+    return fact_id(report.job, report.actor, report.state.value), event
+
+
+def parse_progress(envelope: Envelope) -> RoundCompleted:
+    if envelope.type != RoundCompleted.__name__:
+        raise ValueError(f"expected a RoundCompleted envelope on a progress topic, got {envelope.type!r}")
+    return RoundCompleted.model_validate(envelope.data)
+
+
+def round_event(event: RoundCompleted, job: JobView | None, job_id: str) -> tuple[str, RoundCompleted] | Skip:
+    """`{job}:round:{n}` for a known job."""
+    if job is None:
+        return Skip(f"unknown job {job_id}")
+    if event.round < 1:
+        return Skip(f"round {event.round} is not a round number")
+    return fact_id(job_id, "round", event.round), event
