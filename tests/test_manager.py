@@ -186,3 +186,27 @@ async def test_node_table_and_membership_events(manager, client, eventlog):
     assert [e.type for e in events] == ["NodeJoined", "NodeLost"]
     assert events[0].id == f"n1:joined:{info.started.isoformat()}"
     assert events[1].id == f"n1:lost:{offline.since.isoformat()}"
+
+
+async def test_malformed_payloads_on_every_topic_are_dropped_and_counted(manager, client, eventlog):
+    junk = [b"not json", b'{"type": "NodeStatus", "v": 2, "data": {}}', b'{"id": "1"}', b"\xff" * 1_000_000]
+    bad_data = client.envelope("ActorReport", {"bogus": 1})  # a valid envelope whose data is not
+    raw_only = [topics.REQUEST.format(ROOT, action="jobs.submit"), topics.EVENT.format(ROOT, aggregate="job", type="JobSubmitted")]
+    with_data = [
+        topics.ACTOR_STATE.format(ROOT, node="n1", actor="a1"),
+        topics.JOB_PROGRESS.format(ROOT, job="j1"),
+        topics.NODE_INFO.format(ROOT, node="n1"),
+        topics.NODE_STATUS.format(ROOT, node="n1"),
+    ]
+    for topic in raw_only + with_data:
+        for payload in junk:
+            await client.publish(topic, payload)
+    for topic in with_data:
+        await client.publish(topic, bad_data)
+    expected = len(junk) * (len(raw_only) + len(with_data)) + len(with_data)
+    await assert_eventually(lambda: manager.bus.stats["dropped_invalid"] == expected, timeout=15)
+    assert manager.bus.stats["handler_errors"] == 0
+    assert await client.request("jobs.list", {}) == []
+    job = (await client.request("jobs.submit", {"spec": SPEC}))["job"]
+    assert (await client.request("jobs.get", {"job": job}))["state"] == "submitted"
+    assert [e.type for e in await eventlog.read()] == ["JobSubmitted"]
