@@ -102,10 +102,12 @@ class JobView:
                     "exit_code": a.exit_code,
                     "reason": a.reason,
                     "generation": a.generation,
+                    "log_tail": a.log_tail,
                 }
                 for a in self.actors.values()
             ],
             "rounds": self.rounds,
+            "rounds_planned": (self.spec.get("training") or {}).get("rounds", 3),
             "result": self.result,
             "artifact": self.artifact.model_dump() if self.artifact else None,
         }
