@@ -1,0 +1,78 @@
+"""Follow a job until it ends: a live rich view on a terminal, one line per transition otherwise.
+
+Woken by the job's events (`events/job/#`) and its actors' states; the manager's `jobs.get` is the
+truth that is rendered. A manager that stops answering for a while (restart) is waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.text import Text
+
+from ember import topics
+from ember.bus import Bus, Message
+from ember.cli.common import call, clock, elapsed, styled
+from ember.cli.render import detail
+from ember.errors import RequestTimeout, Unavailable
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+async def follow_job(bus: Bus, job: str, console: Console, *, timeout: float | None = None, refresh: float = 1.0) -> dict[str, Any]:
+    """Render `job` as it changes until it is terminal (or `timeout` s pass); return its summary."""
+    wake = asyncio.Event()
+
+    async def on_message(message: Message) -> None:
+        env = message.envelope
+        if env is not None and (env.subject == job or env.data.get("job") == job):
+            wake.set()
+
+    bus.subscribe(topics.EVENT, on_message, aggregate="job")
+    bus.subscribe(topics.ACTOR_STATE, on_message)
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    live = Live(console=console, refresh_per_second=8, transient=False) if console.is_terminal else None
+    printed = 0
+    summary: dict[str, Any] | None = None
+    waiting_note = False
+    with live if live is not None else contextlib.nullcontext():
+        while True:
+            wake.clear()
+            try:
+                summary = await call(bus, "jobs.get", {"job": job}, timeout=3.0)
+                waiting_note = False
+            except (RequestTimeout, Unavailable):
+                if summary is None and not waiting_note:
+                    console.print("[yellow]waiting for the manager…[/]")
+                waiting_note = True
+            if summary is not None:
+                if live is not None:
+                    status = Text.from_markup("[yellow]manager not answering, retrying…[/]") if waiting_note else Text("")
+                    live.update(Group(detail(summary), status))
+                else:
+                    printed = _print_new(console, summary, printed)
+                if summary["state"] in TERMINAL:
+                    return summary
+            if deadline is not None and loop.time() >= deadline:
+                if summary is None:
+                    raise RequestTimeout(f"no manager answered about job {job}")
+                return summary
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), refresh)
+
+
+def _print_new(console: Console, summary: dict[str, Any], printed: int) -> int:
+    """Plain output: one line per transition not printed yet."""
+    transitions = summary.get("transitions", [])
+    for tr in transitions[printed:]:
+        console.print(
+            f"{clock(tr['time'])} {elapsed(summary.get('submitted'), tr['time']):>10}  "
+            f"{summary['job']}  {styled(tr['state'])}{' ' * max(1, 11 - len(tr['state']))}{escape(tr.get('reason', ''))}"
+        )
+    return len(transitions)
