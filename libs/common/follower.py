@@ -37,6 +37,10 @@ class LogFollower:
     async def _on_event(self, _message: Message) -> None:
         self._wake.set()
 
+    def wake(self) -> None:
+        """Catch up and reconcile now (e.g. when a node appeared or went offline)."""
+        self._wake.set()
+
     async def catch_up(self) -> list[StoredEvent]:
         new = await self.eventlog.read(after=self.projection.last_seq)
         self.projection.apply_all(new)

@@ -183,7 +183,11 @@ class Projection:
                 return False
             job.generation = event.generation
             for p in event.actors:
-                job.actors[p.actor] = ActorView(p.actor, p.role, p.node, p.index, event.generation)
+                kept = job.actors.get(p.actor)
+                view = ActorView(p.actor, p.role, p.node, p.index, event.generation)
+                if kept is not None and kept.node == p.node:  # a survivor of a re-placement keeps its state
+                    view.state, view.exit_code, view.reason, view.log_tail = kept.state, kept.exit_code, kept.reason, kept.log_tail
+                job.actors[p.actor] = view
             reason = event.reason or f"{len(event.actors)} actors placed"
             return self._move(job, S.DEPLOYING, reason, stored, (S.PLACING, S.RUNNING, S.DEPLOYING))
         if isinstance(event, ActorStateChanged):
