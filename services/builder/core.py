@@ -1,0 +1,125 @@
+"""The builder's behaviour: every `submitted` job gets BuildStarted, then one build at a time.
+
+Level-triggered from the projection (docs/control-plane.md): a job in `submitted` or `building`
+that is not queued is queued, so a builder restarted mid-build simply builds again (the
+artifact cache and the deterministic event ids make the redo harmless). Builds run in a worker
+thread (`asyncio.to_thread`), never on the event loop. A job cancelled while it builds is not
+moved on: its running pip is killed and no BuildSucceeded is appended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from pydantic import ValidationError
+
+from ember.bus import Bus
+from ember.errors import Unavailable
+from ember.eventlog.base import EventLog, StoredEvent
+from ember.events import Artifact, BuildFailed, BuildStarted, BuildSucceeded, Event, JobFailed, JobState, fact_id
+from ember.follower import LogFollower, append_and_publish
+from ember.jobspec import JobSpec
+from ember.log import get_logger
+from ember.builder.artifacts import BuildError, BuildRun, build
+from ember.builder.settings import BuilderSettings
+from ember.projection import TERMINAL_EVENT, Projection
+
+log = get_logger("ember.builder")
+PENDING = (JobState.SUBMITTED, JobState.BUILDING)
+
+
+class Builder:
+    """Turns jobs into venv artifacts; `worker()` is its one build loop."""
+
+    def __init__(self, eventlog: EventLog, bus: Bus, settings: BuilderSettings) -> None:
+        self.eventlog = eventlog
+        self.bus = bus
+        self.root = settings.artifacts_dir()
+        self.pip_args = settings.pip_args()
+        self.timeout = settings.builder_timeout
+        self.follower = LogFollower(eventlog, bus, self.reconcile, name="builder", resync_every=settings.builder_resync)
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.queued: set[str] = set()
+        self.current: tuple[str, BuildRun] | None = None
+        self.built = 0
+        self.failed = 0
+
+    @property
+    def projection(self) -> Projection:
+        return self.follower.projection
+
+    async def append(self, event_id: str, job: str, event: Event) -> StoredEvent | None:
+        envelope = event.envelope(job, source=self.bus.source, event_id=event_id)
+        try:
+            stored = await append_and_publish(self.eventlog, self.bus, envelope)
+        except Unavailable as exc:  # it is in the log; followers pick it up on their resync
+            log.warning("event.publish_failed", job=job, id=event_id, error=str(exc))
+            return None
+        if not stored.duplicate:
+            log.info("event.appended", job=job, type=type(event).__name__, id=event_id, seq=stored.seq)
+        return stored
+
+    async def reconcile(self, projection: Projection, _new: list[StoredEvent]) -> None:
+        for job in list(projection.jobs.values()):
+            if job.state == JobState.SUBMITTED:
+                await self.append(fact_id(job.id, "build-started"), job.id, BuildStarted(reason="building a venv artifact"))
+            if job.state in PENDING and job.id not in self.queued:
+                self.queued.add(job.id)
+                self.queue.put_nowait(job.id)
+        if self.current is not None:
+            job_id, run = self.current
+            view = projection.jobs.get(job_id)
+            if view is not None and view.state.terminal and not run.cancelled:
+                log.info("build.cancelling", job=job_id, state=view.state.value)
+                run.cancel()
+
+    async def worker(self) -> None:
+        """Build queued jobs one at a time, forever."""
+        while True:
+            job_id = await self.queue.get()
+            try:
+                await self.build_one(job_id)
+            finally:
+                self.queued.discard(job_id)
+                self.queue.task_done()
+
+    async def build_one(self, job_id: str) -> None:
+        view = self.projection.jobs.get(job_id)
+        if view is None or view.state not in PENDING:
+            return
+        bound = log.bind(job=job_id)
+        started = time.monotonic()
+        run = BuildRun()
+        self.current = (job_id, run)
+        artifact: Artifact | None = None
+        failure: BuildError | None = None
+        try:
+            spec = JobSpec.model_validate(view.spec)
+            bound.info("build.started", code=spec.code.path or spec.code.git or "(none)")
+            artifact = await asyncio.to_thread(build, spec, view.spec_dir, self.root, run, pip_args=self.pip_args, timeout=self.timeout)
+        except BuildError as exc:
+            failure = exc
+        except ValidationError as exc:
+            failure = BuildError(f"the stored job spec does not validate: {exc.errors()[0]['msg']}")
+        except Exception as exc:  # a bug or an OS error: the job fails, the builder goes on
+            bound.exception("build.crashed")
+            failure = BuildError(f"internal builder error: {type(exc).__name__}: {exc}")
+        finally:
+            self.current = None
+        duration = time.monotonic() - started
+        await self.follower.catch_up()
+        view = self.projection.jobs.get(job_id)
+        if view is not None and view.state.terminal:
+            bound.info("build.discarded", state=view.state.value, duration_s=round(duration, 3))
+            return
+        if artifact is not None:
+            self.built += 1
+            bound.info("build.succeeded", key=artifact.key, cached=artifact.cached, duration_s=round(duration, 3))
+            await self.append(fact_id(job_id, "build-done"), job_id, BuildSucceeded(artifact=artifact, duration_s=round(duration, 3)))
+            return
+        assert failure is not None
+        self.failed += 1
+        bound.warning("build.failed", reason=failure.reason, duration_s=round(duration, 3))
+        await self.append(fact_id(job_id, "build-done"), job_id, BuildFailed(reason=failure.reason, log_tail=failure.log_tail))
+        await self.append(fact_id(job_id, TERMINAL_EVENT), job_id, JobFailed(reason=f"build failed: {failure.reason}"))
