@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import os
 import secrets
@@ -83,6 +84,8 @@ class Stack:
     grace: float = 10.0
     mldata: bool = True
     mqtt_port: int = 0
+    services: tuple[str, ...] = SERVICES
+    """Control-plane services to start (all three by default)."""
     procs: dict[str, Proc] = field(default_factory=dict, init=False)
     url: str = field(default="", init=False)
 
@@ -136,10 +139,10 @@ class Stack:
             self._start_broker()
         self.broker_file.write_text(json.dumps({"url": self.url, "pid": os.getpid()}) + "\n")
         env = self._service_env()
-        for name in SERVICES:
+        for name in self.services:
             self._add(name, [sys.executable, "-m", f"ember.{name}"], env, group=1)
         mldata = {node: self._add_mldata(i, node, env) for i, node in enumerate(self.nodes, 1)} if self.mldata else {}
-        for name in [*SERVICES, *(f"mldata-{i}" for i in range(1, len(mldata) + 1))]:
+        for name in [*self.services, *(f"mldata-{i}" for i in range(1, len(mldata) + 1))]:
             self._spawn(self.procs[name])
         for node, (port, _) in mldata.items():
             wait_for_port("127.0.0.1", port, timeout=60, process=self.procs[f"mldata-{node.split('-')[1]}"].popen)
@@ -372,6 +375,7 @@ def broker_config(port: int, data_dir: Path) -> str:
     """The stack's Mosquitto config: loopback listener, TCP_NODELAY, persistence, QoS 1 queues."""
     return "\n".join(
         [
+            f"user {getpass.getuser()}",  # as root, Mosquitto would drop to `mosquitto` and lose the data dir
             f"listener {port} 127.0.0.1",
             "allow_anonymous true",
             "set_tcp_nodelay true",
@@ -380,7 +384,6 @@ def broker_config(port: int, data_dir: Path) -> str:
             "autosave_interval 10",
             "max_queued_messages 100000",
             "max_inflight_messages 100",
-            "message_size_limit 0",
             "log_dest stdout",
             "log_type error",
             "log_type warning",
