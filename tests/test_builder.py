@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ember.builder.app import BuilderService
-from ember.builder.artifacts import BuildError, BuildRun, build
+from ember.builder.artifacts import BuildError, BuildRun, build, satisfied_by_parent
 from ember.builder.settings import BuilderSettings
 from ember.bus import Bus
 from ember.eventlog import open_eventlog
@@ -84,6 +84,14 @@ def test_builds_a_venv_reuses_it_and_keys_it_by_content(tmp_path, project, pip_a
     changed = build(job, str(tmp_path), root, BuildRun(), pip_args=pip_args)
     assert changed.key != first.key and not changed.cached
     assert sorted(p.name for p in root.iterdir()) == sorted([first.key, changed.key])  # no staging left
+
+
+def test_requirements_the_parent_satisfies_skip_pip():
+    assert satisfied_by_parent(["numpy", "flwr>=1.41", "pyarrow; python_version >= '3'"])
+    assert not satisfied_by_parent(["numpy<1"])
+    assert not satisfied_by_parent([MISSING])
+    assert not satisfied_by_parent(["numpy[dev]"])
+    assert not satisfied_by_parent(["--index-url=http://x numpy"])
 
 
 def test_uninstallable_requirement_fails_with_pip_output_and_leaves_nothing(tmp_path, project, pip_args):

@@ -88,7 +88,7 @@ class Manager:
             await self.catch_up()  # the placement may be in the log but not yet in our view
             decision = reports.actor_event(report, self.projection.jobs.get(report.job))
         if isinstance(decision, reports.Skip):
-            bound.info("actor_report.dropped", reason=decision.reason)
+            (bound.debug if decision.quiet else bound.info)("actor_report.dropped", reason=decision.reason)
             return
         event_id, event = decision
         await self.append(event_id, report.job, event)

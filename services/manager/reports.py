@@ -30,6 +30,8 @@ class Skip:
     """A well-formed report the manager does not record, and why (logged)."""
 
     reason: str
+    quiet: bool = False
+    """Routine (a retained report re-delivered after a restart): logged at debug level."""
 
 
 def parse_actor_report(envelope: Envelope, params: dict[str, str]) -> ActorReport:
@@ -50,7 +52,7 @@ def actor_event(report: ActorReport, job: JobView | None) -> tuple[str, ActorSta
     if actor.node != report.node:
         return Skip(f"actor {report.actor} is placed on {actor.node}, not {report.node}")
     if actor.state.terminal or ORDER[report.state] < ORDER[actor.state]:
-        return Skip(f"stale report: actor is already {actor.state.value}")
+        return Skip(f"stale report: actor is already {actor.state.value}", quiet=True)
     event = ActorStateChanged(
         actor=report.actor,
         node=report.node,
