@@ -26,6 +26,7 @@ from ember.cli.common import (
     print_json,
     request,
     run,
+    settings,
     styled,
     table,
 )
@@ -139,6 +140,14 @@ def watch(
     raise typer.Exit(outcome_code(summary["state"]))
 
 
+def actor_lines(actor: dict[str, Any]) -> list[str]:
+    """The actor's whole log when its node runs under this Ember home, else the tail it last reported."""
+    local = settings().home / "nodes" / actor["node"] / "actors" / f"{actor['actor']}.log"
+    with contextlib.suppress(OSError):
+        return local.read_text(errors="replace").splitlines()
+    return (actor.get("log_tail") or "").splitlines()
+
+
 @app.command()
 def logs(
     job: str = JOB_ARG,
@@ -171,7 +180,7 @@ def logs(
             if actor is not None and not actors:
                 raise NotFound(f"job {job} has no actor {actor!r}")
             for a in actors:
-                for line in (a.get("log_tail") or "").splitlines():
+                for line in actor_lines(a):
                     console.print(f"[cyan]{escape(a['actor'])}[/] │ {escape(line)}")
             if not actors:
                 console.print(f"job {job} has no actors yet ({summary['state']})")

@@ -1,0 +1,287 @@
+"""End to end: the whole control plane as separate OS processes (ember.stack.Stack), driven by the CLI.
+
+One Stack (private Mosquitto, manager, builder, notifier, 3 flamelets with their mldata, SQLite event
+log) is shared by the module; each test submits its own job. Tests that kill a process restart it
+and wait until the stack is whole again before they end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ember import topics
+from ember.bus import Bus, Message
+from ember.cli.main import app
+from ember.eventlog import open_eventlog
+from ember.events import ActorReport
+from ember.stack import Stack
+from ember.testing import wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = ROOT / "examples" / "probe" / "job.yaml"
+HAPPY = ["submitted", "building", "placing", "deploying", "running", "succeeded"]
+KEEPALIVE = 2
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("ember-e2e")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBER_")}
+    env.update(EMBER_HOME=str(home), EMBER_KEEPALIVE=str(KEEPALIVE), EMBER_LOG_LEVEL="info")
+    with Stack(home, flamelets=3, env=env, grace=10) as s:
+        yield s
+
+
+@pytest.fixture
+def cli(stack: Stack, monkeypatch: pytest.MonkeyPatch):
+    """`cli("job", "show", id)` runs the ember CLI in-process against the stack."""
+    for key in [k for k in os.environ if k.startswith("EMBER_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("EMBER_HOME", str(stack.home))
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Any:
+        return runner.invoke(app, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def job_file(tmp_path: Path, name: str, probe: str, learners: str = "count: 3") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\nlearners: {{{learners}}}\nprobe: {{{probe}}}\nruntime: process\n")
+    return path
+
+
+def submit(cli, path: Path) -> str:
+    result = cli("job", "submit", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["job"]
+
+
+def show(cli, job: str) -> dict[str, Any]:
+    result = cli("job", "show", job, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def wait_state(cli, job: str, *states: str, timeout: float = 60) -> dict[str, Any]:
+    box: dict[str, Any] = {}
+
+    def reached() -> bool:
+        box["job"] = show(cli, job)
+        return box["job"]["state"] in states
+
+    wait_until(reached, timeout=timeout, interval=0.2, message=f"{job} never reached {states}: {box.get('job', {}).get('state')}")
+    return box["job"]
+
+
+def states(job: dict[str, Any]) -> list[str]:
+    return [t["state"] for t in job["transitions"]]
+
+
+def job_events(stack: Stack, job: str) -> list[str]:
+    async def read() -> list[str]:
+        log = open_eventlog(f"sqlite:///{stack.home / 'events.sqlite3'}")
+        try:
+            return [e.type for e in await log.read(subject=job)]
+        finally:
+            await log.close()
+
+    return asyncio.run(read())
+
+
+def actor_reports(stack: Stack, job: str, *, count: int) -> dict[str, ActorReport]:
+    """The retained actor states of `job` (waits until `count` actors report running)."""
+
+    async def collect() -> dict[str, ActorReport]:
+        seen: dict[str, ActorReport] = {}
+        enough = asyncio.Event()
+
+        async def on_state(message: Message) -> None:
+            report = ActorReport.model_validate(message.envelope.data)
+            if report.job == job:
+                seen[report.actor] = report
+                if sum(r.state == "running" and r.pid is not None for r in seen.values()) >= count:
+                    enough.set()
+
+        bus = Bus(stack.url)
+        bus.subscribe(topics.ACTOR_STATE, on_state)
+        async with bus:
+            await asyncio.wait_for(enough.wait(), 30)
+        return seen
+
+    return asyncio.run(collect())
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped running
+
+
+def exact_once(events: list[str], *types: str) -> None:
+    counts = Counter(events)
+    for t in types:
+        assert counts[t] == 1, f"{t} appears {counts[t]} times in {events}"
+
+
+# --- the happy path -----------------------------------------------------------------------------
+
+
+def test_probe_job_goes_through_every_state_and_show_prints_them(stack: Stack, cli) -> None:
+    result = cli("job", "submit", str(PROBE), "--wait")
+    assert result.exit_code == 0, result.output
+    job_id = re.search(r"submitted (probe-[0-9a-f]{8})", result.stdout).group(1)
+    job = show(cli, job_id)
+    assert states(job) == HAPPY
+    assert [a["state"] for a in job["actors"]] == ["exited"] * 4
+    events = job_events(stack, job_id)
+    exact_once(events, "JobSubmitted", "BuildStarted", "BuildSucceeded", "ActorsPlaced", "JobRunning", "JobSucceeded")
+    text = cli("job", "show", job_id).stdout
+    for state in HAPPY:
+        assert re.search(rf"\d\d:\d\d:\d\d\.\d{{3}}\s+\+\d+\.\d{{3}}s\s+{state}\b", text), text
+    listing = cli("job", "list", "--json")
+    assert job_id in {j["job"] for j in json.loads(listing.stdout)}
+
+
+def test_invalid_spec_names_every_bad_field_and_writes_nothing(stack: Stack, cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: Bad_Name\nlearners: {count: 0}\ntraining: {rounds: -1}\nprobe: {seconds: 1}\n")
+    result = cli("job", "submit", str(bad))
+    assert result.exit_code == 2
+    for field in ("name", "learners.count", "training.rounds"):
+        assert field in result.stderr, result.stderr
+    assert all(j["name"] != "Bad_Name" for j in json.loads(cli("job", "list", "--json").stdout))
+
+
+def test_failing_actor_fails_the_job_with_its_log_tail(stack: Stack, cli, tmp_path: Path) -> None:
+    path = job_file(tmp_path, "probe-fail", "seconds: 0.5, exit_code: 3, failing_learner: 1")
+    result = cli("job", "submit", str(path), "--wait")
+    assert result.exit_code == 10, result.output
+    job_id = re.search(r"submitted (probe-fail-[0-9a-f]{8})", result.stdout).group(1)
+    job = show(cli, job_id)
+    assert job["state"] == "failed"
+    assert "exit code 3" in job["reason"]
+    assert "probe:" in job["reason"], job["reason"]  # the actor's own output, from its log tail
+    assert job_events(stack, job_id).count("JobFailed") == 1
+
+
+def test_cancel_stops_every_actor_process_within_5s(stack: Stack, cli, tmp_path: Path) -> None:
+    job_id = submit(cli, job_file(tmp_path, "probe-long", "seconds: 120"))
+    wait_state(cli, job_id, "running")
+    pids = [r.pid for r in actor_reports(stack, job_id, count=4).values() if r.state == "running"]
+    assert len(pids) == 4 and all(pid_alive(p) for p in pids)
+    result = cli("job", "cancel", job_id)
+    assert result.exit_code == 0, result.output
+    wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=5, message=f"actors still alive: {pids}")
+    assert show(cli, job_id)["state"] == "cancelled"
+    assert cli("job", "cancel", job_id).exit_code == 4  # already ended: conflict
+
+
+# --- crashes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("service", ["manager", "notifier"])
+def test_kill_9_of_a_service_mid_job_then_restart_still_succeeds(stack: Stack, cli, tmp_path: Path, service: str) -> None:
+    name = f"probe-{service}"
+    if service == "notifier":  # dead before placing: the job waits in `placing` for the restart
+        stack.kill("notifier")
+        job_id = submit(cli, job_file(tmp_path, name, "seconds: 1"))
+        wait_state(cli, job_id, "placing")
+    else:  # dead while the actors run: their reports queue in the manager's persistent session
+        job_id = submit(cli, job_file(tmp_path, name, "seconds: 3"))
+        wait_state(cli, job_id, "running")
+        stack.kill("manager")
+    stack.restart(service)
+    job = wait_state(cli, job_id, "succeeded", "failed", "cancelled", timeout=60)
+    assert states(job) == HAPPY, job
+    events = job_events(stack, job_id)
+    exact_once(events, "JobSubmitted", "BuildStarted", "BuildSucceeded", "ActorsPlaced", "JobRunning", "JobSucceeded")
+    assert all(n == 1 for (t, n) in Counter(events).items() if t != "ActorStateChanged")
+
+
+def test_flamelet_sigkill_is_seen_offline_and_its_actors_are_replaced(stack: Stack, cli, tmp_path: Path) -> None:
+    job_id = submit(cli, job_file(tmp_path, "probe-node", "seconds: 120", learners="count: 3, min: 3"))
+    job = wait_state(cli, job_id, "running")
+    victim = next(a["node"] for a in job["actors"] if a["role"] == "learner")
+    lost = {a["actor"] for a in job["actors"] if a["node"] == victim}
+    stack.kill(f"node-{victim.split('-')[1]}")
+
+    def offline() -> bool:
+        nodes = json.loads(cli("node", "list", "--json").stdout)
+        return any(n["node"] == victim and n["status"] == "offline" for n in nodes)
+
+    wait_until(offline, timeout=KEEPALIVE * 1.5 + 5, interval=0.2, message=f"{victim} never seen offline")
+    job = wait_state(cli, job_id, "running", "failed", timeout=30)
+
+    def handled() -> dict[str, Any] | None:
+        j = show(cli, job_id)
+        replaced = j["transitions"][-1]["state"] == "deploying" or (j["state"] == "running" and states(j).count("deploying") > 1)
+        return j if replaced or j["state"] == "failed" else None
+
+    job = wait_until(handled, timeout=30, interval=0.2)
+    if job["state"] == "failed":
+        assert f"node lost: {victim}" in job["reason"]
+    else:
+        current = [a for a in job["actors"] if a["generation"] == max(x["generation"] for x in job["actors"])]
+        assert victim not in {a["node"] for a in current} and not lost & {a["actor"] for a in current}
+        assert cli("job", "cancel", job_id).exit_code == 0
+    stack.restart(f"node-{victim.split('-')[1]}")
+    stack.wait_ready(60)
+
+
+# --- malformed input -----------------------------------------------------------------------------
+
+
+JUNK = [b"not json", b'{"id": "x", "type": "T", "v": 2, "data": {}}', b'{"id": "x"}', b"\x7f" * 1_000_000]
+MISSING_FIELDS = b'{"id": "y", "type": "Anything", "data": {"unexpected": 1}, "v": 1}'
+
+
+def test_malformed_payloads_on_every_subscribed_topic_are_dropped_and_counted(stack: Stack, cli, tmp_path: Path) -> None:
+    # topic -> (processes subscribed to it, text their drop log line carries)
+    targets = {
+        "req/jobs.submit": (["manager"], "req/jobs.submit"),
+        "req/nodes.list": (["manager"], "req/nodes.list"),
+        "events/job/JobSubmitted": (["manager", "builder", "notifier"], "events/job/JobSubmitted"),
+        "nodes/node-9/info": (["manager"], "nodes/node-9/info"),
+        "nodes/node-9/status": (["manager"], "nodes/node-9/status"),
+        "nodes/node-9/actors/a1/state": (["manager"], "nodes/node-9/actors/a1/state"),
+        "jobs/j1/progress": (["manager"], "jobs/j1/progress"),
+        "nodes/node-1/desired": (["node-1"], "nodes/node-1/desired"),
+        "data/junk": (["mldata-1", "mldata-2", "mldata-3"], '"tag": "junk"'),
+    }
+
+    async def flood() -> None:
+        async with Bus(stack.url) as bus:
+            for topic in targets:
+                for payload in [*JUNK, MISSING_FIELDS]:
+                    await bus.publish(f"ember/v1/{topic}", payload)
+
+    asyncio.run(flood())
+
+    def drop_logged(process: str, marker: str) -> bool:
+        lines = stack.log_path(process).read_text(errors="replace").splitlines()
+        return any("dropped" in line and marker in line for line in lines)
+
+    for topic, (processes, marker) in targets.items():
+        for process in processes:
+            wait_until(lambda: drop_logged(process, marker), timeout=10, message=f"{process} logged no drop for {topic}")
+    assert stack.exited() == {}  # nobody died ...
+    result = cli("job", "submit", str(job_file(tmp_path, "probe-after-junk", "seconds: 0.2")), "--wait")
+    assert result.exit_code == 0, result.output  # ... and everyone still serves
+    job_id = re.search(r"(probe-after-junk-[0-9a-f]{8})", result.stdout).group(1)
+    logs = cli("job", "logs", job_id)
+    assert logs.exit_code == 0 and "probe:" in logs.stdout, logs.output
