@@ -1,0 +1,50 @@
+"""As a new user types it: `ember up` in one terminal, `ember job submit examples/probe/job.yaml --wait` in another."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ember.testing import wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBER = [sys.executable, "-m", "ember.cli.main"]
+
+
+def test_ember_up_then_submit_probe_job_and_wait(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBER_")}
+    env["EMBER_HOME"] = str(home)
+    log = open(tmp_path / "up.log", "wb")
+    up = subprocess.Popen([*EMBER, "up", "--flamelets", "3"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "Ember is up" in (tmp_path / "up.log").read_text() or up.poll() is not None, timeout=120, interval=0.2)
+        assert up.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+        assert json.loads((home / "broker.json").read_text())["url"].startswith("mqtt://127.0.0.1:")
+
+        nodes = subprocess.run([*EMBER, "node", "list", "--json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert nodes.returncode == 0, nodes.stderr
+        assert sorted(n["node"] for n in json.loads(nodes.stdout) if n["status"] == "online") == ["node-1", "node-2", "node-3"]
+
+        submit = subprocess.run(
+            [*EMBER, "job", "submit", "examples/probe/job.yaml", "--wait"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        for state in ("submitted", "building", "placing", "deploying", "running", "succeeded"):
+            assert state in submit.stdout, submit.stdout
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(60)
+        log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert not (home / "broker.json").exists()  # removed on a clean shutdown
+    out = (tmp_path / "up.log").read_text()
+    assert "manager" in out and "node-1" in out  # every process's lines, prefixed by its name
