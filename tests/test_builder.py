@@ -177,3 +177,25 @@ def test_python_m_ember_builder_starts_and_stops_on_sigterm(mqtt_broker, ember_h
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_job_cancelled_while_building_is_not_moved_on(mqtt_broker, ember_home, tmp_path, project):
+    import socket
+
+    with socket.socket() as silent:  # an index that accepts connections and never answers: pip hangs
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        index = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+        settings = BuilderSettings.from_env(
+            {"EMBER_HOME": str(ember_home), "EMBER_MQTT_URL": mqtt_broker.url}, builder_pip_args=f"--no-index --find-links {index}"
+        )
+        async with open_eventlog(settings.resolved_eventlog_url()) as eventlog, Bus(mqtt_broker.url) as client:
+            async with BuilderService(settings) as service:
+                event = JobSubmitted(spec=validate_spec(spec(["embertinypkg"], path="project")).model_dump(mode="json"), name="sensor", spec_dir=str(tmp_path))
+                await append_and_publish(eventlog, client, event.envelope("slow-1", source="test", event_id="slow-1:submitted"))
+                await assert_eventually(lambda: service.builder.current is not None and service.builder.current[1].process is not None, timeout=30)
+                await append_and_publish(eventlog, client, JobCancelled().envelope("slow-1", source="test", event_id="slow-1:terminal"))
+                await assert_eventually(lambda: service.builder.current is None and not service.builder.queued, timeout=30)
+            types = [e.type for e in await eventlog.read(subject="slow-1")]
+    assert types == ["JobSubmitted", "BuildStarted", "JobCancelled"]
+    assert list(settings.artifacts_dir().iterdir()) == []  # the half-built staging folder is gone
