@@ -1,0 +1,160 @@
+"""One federated training job, aggregator side: learners, rounds, progress, MLflow, result.
+
+`Aggregator(bus, spec, ...)` registers its grid on `bus` (before the bus starts); `run()`:
+
+1. waits (up to `training.round_timeout`) for `learners.min` ready learners (all of them
+   if they come within a short grace), else fails `only N learners ready ..., minimum M`;
+2. runs the ModelManager's strategy or the user's ServerApp on `MqttGrid` in a worker thread;
+3. after each round publishes `RoundCompleted` on `jobs/{job}/progress` and logs the round
+   to MLflow; fails `only N learners left, minimum M` when too few learners remain;
+4. logs and registers the final model, publishes `JobResult` (metrics, MLflow run id, model
+   version) on `jobs/{job}/progress`, and sends `done` to every learner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ember import topics
+from ember.bus import Bus
+from ember.errors import EmberError
+from ember.events import RoundCompleted, fact_id
+from ember.fl import flwr_compat as compat
+from ember.fl.clientapp import base_config, new_manager
+from ember.fl.grid import MqttGrid, TooFewLearners
+from ember.fl.rounds import RoundStats
+from ember.fl.serverapp import run_model_manager, run_server_app
+from ember.fl.tracking import Tracker
+from ember.jobspec import JobSpec
+from ember.log import get_logger
+
+
+def run_id_for(job: str) -> int:
+    """Flower run id of a job (stable, 53 bits)."""
+    return int.from_bytes(hashlib.sha256(job.encode()).digest()[:6], "big") + 1
+
+
+@dataclass
+class AggregatorResult:
+    ok: bool
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    mlflow_run_id: str = ""
+    model_version: str = ""
+    rounds: list[RoundStats] = field(default_factory=list)
+
+    def data(self) -> dict[str, Any]:
+        """The `JobResult` envelope's data (and the `EMBER_RESULT` line)."""
+        return {"metrics": self.metrics, "mlflow_run_id": self.mlflow_run_id, "model_version": self.model_version}
+
+
+class Aggregator:
+    """Drives one job's training over `bus`; see the module docstring."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        spec: JobSpec,
+        *,
+        job: str,
+        actor: str,
+        learners: list[str],
+        code_dir: str | Path | None = None,
+        tracking_uri: str | None = None,
+    ) -> None:
+        self.bus, self.spec, self.job, self.actor = bus, spec, job, actor
+        self.code_dir = code_dir
+        self.tracking_uri = tracking_uri
+        self.log = get_logger("ember.fl.aggregator", job=job, actor=actor)
+        self.grid = MqttGrid(bus, job=job, learners=learners, minimum=spec.learners.minimum, run_id=run_id_for(job))
+        self.result = AggregatorResult(ok=False)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tracker: Tracker | None = None
+
+    async def run(self) -> AggregatorResult:
+        """Train; never raises for a job failure (see `result.ok` / `result.reason`)."""
+        self._loop = asyncio.get_running_loop()
+        self.grid.bind(self._loop)
+        compat.set_task_identity(run_id=self.grid.run.run_id, node_id=compat.AGGREGATOR_NODE_ID)
+        try:
+            if self.tracking_uri:
+                self._tracker = Tracker(self.tracking_uri, self.spec, self.job)
+                self.result.mlflow_run_id = await asyncio.to_thread(self._tracker.start)
+            live = await self.grid.wait_ready(self.spec.training.round_timeout)
+            self.log.info("aggregator.start", learners=live, rounds=self.spec.training.rounds, strategy=self.spec.training.strategy)
+            await asyncio.to_thread(self._train)
+            self.result.ok = True
+            await self._publish_result()
+        except EmberError as exc:
+            self.result.reason = exc.message
+        except Exception as exc:
+            self.log.exception("aggregator.crashed")
+            self.result.reason = f"aggregator failed: {type(exc).__name__}: {exc}"[:1000]
+        finally:
+            if self._tracker is not None:
+                await asyncio.to_thread(self._tracker.finish, self.result.ok)
+            await self._say_done()
+        return self.result
+
+    def stop(self, reason: str) -> None:
+        """Stop training (on the loop, e.g. on SIGTERM): the strategy's next grid call fails."""
+        self.grid.close(reason)
+
+    # --- in the worker thread -----------------------------------------------------------------
+    def _train(self) -> None:
+        if self.spec.code.serverapp:
+            self.grid.on_round_start = self._close_rounds_before
+            run_server_app(self.grid, self.spec, self.code_dir)
+            self._close_rounds_before(None)
+            return
+        manager = new_manager(self.spec, self.code_dir)
+        manager.build(base_config(self.spec, node=self.actor))
+        run_model_manager(self.grid, manager, self.spec, self._round_done)
+        if self._tracker is not None:
+            self.result.model_version = self._tracker.log_model(manager, self.code_dir)
+
+    def _close_rounds_before(self, number: int | None) -> None:
+        """Flower apps: a round ends when the next one starts (or the app returns)."""
+        for open_round in self.grid.book.open_rounds():
+            if number is None or open_round < number:
+                stats = self.grid.book.finish(open_round)
+                if stats is not None:
+                    self._report(stats)
+
+    def _round_done(self, number: int, metrics: dict[str, float]) -> None:
+        stats = self.grid.book.finish(number, metrics)
+        if stats is not None:
+            self._report(stats)
+
+    def _report(self, stats: RoundStats) -> None:
+        self.result.rounds.append(stats)
+        self.result.metrics = dict(stats.metrics)
+        self.log.info("aggregator.round", **stats.event_data())
+        if self._tracker is not None:
+            self._tracker.log_round(stats)
+        envelope = RoundCompleted(**stats.event_data()).envelope(
+            self.job, source=self.actor, event_id=fact_id(self.job, "round", stats.round)
+        )
+        self._on_loop(self.bus.publish(topics.JOB_PROGRESS.format(self.bus.root, job=self.job), envelope))
+        reason = self.grid.below_minimum()
+        if reason:
+            raise TooFewLearners(reason)
+
+    def _on_loop(self, coro: Any) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    # --- on the loop ----------------------------------------------------------------------------
+    async def _publish_result(self) -> None:
+        envelope = self.bus.envelope("JobResult", self.result.data(), subject=self.job, id=fact_id(self.job, "result"))
+        await self.bus.publish(topics.JOB_PROGRESS.format(self.bus.root, job=self.job), envelope)
+
+    async def _say_done(self) -> None:
+        try:
+            await self.grid.signal_all("done", ok=self.result.ok)
+        except EmberError as exc:
+            self.log.warning("aggregator.done_not_sent", error=exc.message)

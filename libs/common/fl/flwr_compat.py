@@ -1,0 +1,109 @@
+"""Every Flower internal Ember touches, in one place (tested by `tests/test_fl_compat.py`).
+
+Ember drives Flower's public objects (`Grid`, `ServerApp`, `ClientApp`, `Message`, the
+strategies in `flwr.serverapp.strategy`), but replacing Flower's transport needs a few
+things that are not public API. They are listed here and nowhere else, so a flwr upgrade
+breaks one module and one contract test, loudly:
+
+- `flwr.supercore.task_identity.TaskIdentity`: the process's task identity that
+  `Message(...)` reads for `run_id`, `src_node_id` and `src_task_id`. Flower's own
+  runtimes set it from the SuperLink's task input; Ember sets it at actor start.
+- `Metadata.__dict__["_message_id"]`: Flower's grids assign message ids this way
+  (`InMemoryGrid.push_messages`); the public `Metadata.message_id` has no setter.
+- `flwr.common.serde.message_to_proto` / `message_from_proto` and
+  `flwr.proto.message_pb2.Message`: Flower's protobuf serialisation of a whole `Message`
+  (metadata, content and error).
+- `flwr.supercore.run.Run.create_empty`: the `Run` a `Grid` reports through `grid.run`.
+- `flwr.common.constant.SUPERLINK_NODE_ID` and `ErrorCode`: the aggregator's node id and
+  the error codes of replies that never came.
+- `flwr.common.config.get_fused_config_from_dir`: a Flower app's `run_config` from its
+  `pyproject.toml` (`[tool.flwr.app.config]`), as `flwr run` would pass it.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version as _dist_version
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Error, Message
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+TESTED_FLWR = (">=1.41", "<1.42")
+"""The flwr range this module was written and tested against (pyproject pins the same)."""
+
+AGGREGATOR_NODE_ID = SUPERLINK_NODE_ID
+NODE_UNAVAILABLE = ErrorCode.NODE_UNAVAILABLE
+CLIENT_APP_RAISED_EXCEPTION = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+
+__all__ = [
+    "AGGREGATOR_NODE_ID",
+    "CLIENT_APP_RAISED_EXCEPTION",
+    "NODE_UNAVAILABLE",
+    "TESTED_FLWR",
+    "error_reply",
+    "flwr_version",
+    "make_run",
+    "message_from_bytes",
+    "message_to_bytes",
+    "run_config_from_dir",
+    "set_message_id",
+    "set_task_identity",
+]
+
+
+def flwr_version() -> str:
+    return _dist_version("flwr")
+
+
+def set_task_identity(*, run_id: int, node_id: int, task_id: int = 1) -> None:
+    """Set the identity `Message(...)` stamps on instruction messages of this process."""
+    TaskIdentity.task_id = task_id
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = node_id
+
+
+def set_message_id(message: Message, message_id: str) -> None:
+    """Give a message its id, as Flower's grids do when they push it."""
+    message.metadata.__dict__["_message_id"] = message_id
+
+
+def message_to_bytes(message: Message) -> bytes:
+    """A whole Flower `Message` (metadata, content or error) as protobuf bytes."""
+    return message_to_proto(message).SerializeToString()
+
+
+def message_from_bytes(data: bytes) -> Message:
+    """Inverse of `message_to_bytes`; raises ValueError on bytes that are not a Message."""
+    proto = ProtoMessage()
+    try:
+        proto.ParseFromString(data)
+        return message_from_proto(proto)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ValueError(f"not a Flower message: {type(exc).__name__}: {exc}") from None
+
+
+def make_run(run_id: int) -> Run:
+    return Run.create_empty(run_id)
+
+
+def error_reply(message: Message, code: int, reason: str) -> Message:
+    """The reply a node that never answered would have produced (public API)."""
+    return Message(Error(code=code, reason=reason), reply_to=message)
+
+
+def run_config_from_dir(app_dir: str | Path) -> dict[str, Any]:
+    """A Flower app's default run config (`[tool.flwr.app.config]`), flattened; {} without one."""
+    from flwr.common.config import get_fused_config_from_dir
+
+    path = Path(app_dir)
+    if not (path / "pyproject.toml").is_file():
+        return {}
+    try:
+        return dict(get_fused_config_from_dir(path, {}))
+    except (KeyError, ValueError):
+        return {}

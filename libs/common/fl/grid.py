@@ -1,0 +1,335 @@
+"""`MqttGrid`: Flower's `Grid` interface over Ember's MQTT bus (push, not poll).
+
+Flower's strategies and a user's `ServerApp` call the grid synchronously; Ember's bus is
+asyncio. So the strategy runs in a worker thread (`asyncio.to_thread`) and every blocking
+grid method hands a coroutine to the bus's event loop (`run_coroutine_threadsafe`). All grid
+state lives on the loop; (de)serialisation of Flower messages happens in the worker thread.
+
+- Each learner actor id maps to a stable int node id (`node_id_for`).
+- `push_messages` sends each message on `jobs/{job}/fl/{actor}/down` (frames: `ember.fl.serde`);
+  replies arrive on `.../up` and resolve the message's pending future.
+- A learner is live after its `ready` frame and until its `gone` frame (its MQTT Last Will).
+  Messages to a learner that goes get an error reply (`NODE_UNAVAILABLE`), as Flower's
+  SuperLink would give; messages not answered within the timeout get no reply.
+- Once `arm()`ed (after round 1 can start), `get_node_ids` and waits raise `TooFewLearners`
+  as soon as fewer than `minimum` learners are live: the job stops instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from ember import topics
+from ember.bus import Bus
+from ember.bus import Message as BusMessage
+from ember.errors import EmberError
+from ember.fl import flwr_compat as compat
+from ember.fl.rounds import RoundBook, round_key
+from ember.fl.serde import Reassembler, chunk_message, decode_frame, signal
+from ember.log import get_logger
+
+T = TypeVar("T")
+
+
+class TooFewLearners(EmberError):
+    """Fewer live learners than `learners.min`: the job cannot go on."""
+
+    code = "too_few_learners"
+
+
+class GridClosed(EmberError):
+    code = "grid_closed"
+
+
+def node_id_for(actor: str) -> int:
+    """Stable Flower node id of a learner actor (56 bits of its SHA-256, never 0 or 1)."""
+    return int.from_bytes(hashlib.sha256(actor.encode()).digest()[:7], "big") + 2
+
+
+@dataclass
+class _Pending:
+    message: Message
+    actor: str
+    round: int
+    future: asyncio.Future[bytes | None]
+
+
+class MqttGrid(Grid):
+    """A Flower `Grid` whose nodes are Ember learner actors reached over MQTT."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        job: str,
+        learners: Sequence[str],
+        minimum: int,
+        run_id: int,
+        book: RoundBook | None = None,
+    ) -> None:
+        self.bus = bus
+        self.job = job
+        self.learners = list(learners)
+        self.minimum = minimum
+        self.book = book or RoundBook()
+        self.stats: Counter[str] = Counter()
+        self.log = get_logger("ember.fl.grid", job=job)
+        self._node_of = {actor: node_id_for(actor) for actor in self.learners}
+        self._actor_of = {node: actor for actor, node in self._node_of.items()}
+        self._ready: set[str] = set()
+        self._gone: dict[str, str] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._chunks = {actor: Reassembler() for actor in self.learners}
+        self._changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._armed = False
+        self._closed: str | None = None
+        self._run = compat.make_run(run_id)
+        self.on_round_start: Callable[[int], None] | None = None
+        """Called (in the strategy's thread) with the round number of every message pushed."""
+        bus.subscribe(topics.FL_UP, self._on_up, raw=True, job=job)
+
+    # --- the Flower Grid interface (blocking; call from a worker thread) --------------------
+    def set_run(self, run: Any) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Any:
+        return self._run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._call(self._live_ids())
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        batch: list[tuple[str, str, Message, int, list[bytes]]] = []
+        for message in messages:
+            actor = self._actor_of.get(message.metadata.dst_node_id)
+            if actor is None:
+                raise ValueError(f"unknown destination node {message.metadata.dst_node_id}")
+            message_id = uuid.uuid4().hex
+            compat.set_message_id(message, message_id)
+            frames = list(chunk_message(compat.message_to_bytes(message)))
+            number = self.book.sent(round_key(message))
+            if self.on_round_start is not None:
+                self.on_round_start(number)
+            batch.append((message_id, actor, message, number, frames))
+        self._call(self._push_all(batch))
+        return [message_id for message_id, *_ in batch]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = []
+        for pending, data in self._call(self._take(list(message_ids), drop_missing=False)):
+            replies.append(self._reply(pending, data))
+        return replies
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        ids = list(self.push_messages(messages))
+        if not ids:
+            return []
+        self._call(self._wait(ids, timeout))
+        replies = []
+        for pending, data in self._call(self._take(ids, drop_missing=True)):
+            if pending.future.done():
+                replies.append(self._reply(pending, data))
+            else:
+                self.stats["timeouts"] += 1
+                self.book.replied(pending.round, pending.actor, ok=False)
+                self.log.warning("grid.no_reply", actor=pending.actor, timeout=timeout)
+        return replies
+
+    # --- lifecycle and membership (on the event loop) ---------------------------------------
+    def bind(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Remember the bus's event loop (call from it before handing the grid to a thread)."""
+        self._loop = loop or asyncio.get_running_loop()
+
+    def live(self) -> list[str]:
+        return [actor for actor in self.learners if actor in self._ready and actor not in self._gone]
+
+    async def wait_ready(self, timeout: float, *, grace: float = 5.0) -> list[str]:
+        """Ping every learner, wait until all (or, after `grace`, `minimum`) are ready; arm."""
+        self.bind()
+        loop = asyncio.get_running_loop()
+        await self.signal_all("ping")
+        deadline = loop.time() + timeout
+        settle: float | None = None
+        while len(self.live()) < len(self.learners):
+            now = loop.time()
+            if settle is None and len(self.live()) >= self.minimum:
+                settle = now + grace  # enough to start: give the others a short grace
+            remaining = min(deadline, settle if settle is not None else deadline) - now
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+        live = self.live()
+        if len(live) < self.minimum:
+            raise TooFewLearners(f"only {len(live)} learners ready after {timeout:g}s, minimum {self.minimum}")
+        self._armed = True
+        return live
+
+    async def signal_all(self, kind: str, **header: Any) -> None:
+        """Publish a control frame (`ping`, `done`) to every learner."""
+        await asyncio.gather(*(self.bus.publish(self._down(actor), signal(kind, **header)) for actor in self.learners))
+
+    def close(self, reason: str) -> None:
+        """Stop the grid (on the loop): pending and later calls raise `GridClosed(reason)`."""
+        self._closed = reason
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_result(None)
+        self._notify()
+
+    def below_minimum(self) -> str | None:
+        live = len(self.live())
+        return f"only {live} learners left, minimum {self.minimum}" if self._armed and live < self.minimum else None
+
+    # --- internals ---------------------------------------------------------------------------
+    def _down(self, actor: str) -> str:
+        return topics.FL_DOWN.format(self.bus.root, job=self.job, actor=actor)
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            coro.close()
+            raise RuntimeError("MqttGrid.bind() was not called on the bus's event loop")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            coro.close()
+            raise RuntimeError("MqttGrid's blocking methods must run outside its event loop (use asyncio.to_thread)")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise GridClosed(self._closed)
+        reason = self.below_minimum()
+        if reason:
+            raise TooFewLearners(reason)
+
+    async def _live_ids(self) -> list[int]:
+        self._check()
+        return sorted(self._node_of[actor] for actor in self.live())
+
+    async def _push_all(self, batch: list[tuple[str, str, Message, int, list[bytes]]]) -> None:
+        self._check()
+        sends = []
+        for message_id, actor, message, number, frames in batch:
+            future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            self._pending[message_id] = _Pending(message, actor, number, future)
+            if actor in self._gone or actor not in self._ready:
+                future.set_result(None)
+            else:
+                sends.append(self._send(actor, frames))
+        await asyncio.gather(*sends)
+
+    async def _send(self, actor: str, frames: list[bytes]) -> None:
+        topic = self._down(actor)
+        for frame in frames:
+            await self.bus.publish(topic, frame)
+        self.stats["frames_sent"] += len(frames)
+
+    async def _wait(self, ids: list[str], timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            self._check()
+            waiting = [self._pending[i].future for i in ids if i in self._pending and not self._pending[i].future.done()]
+            remaining = None if deadline is None else deadline - loop.time()
+            if not waiting or (remaining is not None and remaining <= 0):
+                return
+            changed = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait([*waiting, changed], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+
+    async def _take(self, ids: list[str], *, drop_missing: bool) -> list[tuple[_Pending, bytes | None]]:
+        out = []
+        for message_id in ids:
+            pending = self._pending.get(message_id)
+            if pending is None or (not pending.future.done() and not drop_missing):
+                continue
+            del self._pending[message_id]
+            out.append((pending, pending.future.result() if pending.future.done() else None))
+        return out
+
+    def _reply(self, pending: _Pending, data: bytes | None) -> Message:
+        group, kind = pending.round, pending.message.metadata.message_type
+        if data is None:
+            reason = self._closed or f"learner {pending.actor} is gone: {self._gone.get(pending.actor, 'not ready')}"
+            self.book.replied(group, pending.actor, ok=False)
+            return compat.error_reply(pending.message, compat.NODE_UNAVAILABLE, reason)
+        reply = compat.message_from_bytes(data)
+        if reply.has_error():
+            self.book.replied(group, pending.actor, ok=False)
+            self.log.warning("grid.error_reply", actor=pending.actor, code=reply.error.code, reason=(reply.error.reason or "")[:300])
+            return reply
+        metrics: dict[str, Any] = {}
+        for record in reply.content.metric_records.values():
+            metrics.update(record)
+        self.book.replied(group, pending.actor, ok=True, kind=kind, metrics=metrics)
+        return reply
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _on_up(self, message: BusMessage) -> None:
+        actor = message.params.get("actor", "")
+        if actor not in self._node_of:
+            self.stats["unknown_learner"] += 1
+            self.log.warning("grid.unknown_learner", actor=actor[:100])
+            return
+        if not message.payload:
+            return
+        frame = decode_frame(message.payload)  # ValueError: the bus logs, counts and drops it
+        if frame.kind == "ready":
+            if actor not in self._ready or actor in self._gone:
+                self.log.info("grid.learner_ready", actor=actor)
+            self._ready.add(actor)
+            self._gone.pop(actor, None)
+            self._notify()
+        elif frame.kind == "gone":
+            self._mark_gone(actor, str(frame.header.get("reason") or "connection lost"))
+        elif frame.kind == "msg":
+            whole = self._chunks[actor].feed(frame)
+            if whole is None:
+                return
+            data, reply_to = whole
+            pending = self._pending.get(reply_to or "")
+            if pending is None or pending.actor != actor or pending.future.done():
+                self.stats["late_or_unknown_replies"] += 1
+                return
+            pending.future.set_result(data)
+            self.stats["replies"] += 1
+        else:
+            raise ValueError(f"unexpected {frame.kind!r} frame from learner {actor}")
+
+    def _mark_gone(self, actor: str, reason: str) -> None:
+        if actor in self._gone:
+            return
+        self._gone[actor] = reason
+        self._ready.discard(actor)
+        self.log.warning("grid.learner_gone", actor=actor, reason=reason[:300], live=len(self.live()))
+        for pending in self._pending.values():
+            if pending.actor == actor and not pending.future.done():
+                pending.future.set_result(None)
+        self._notify()
+

@@ -1,0 +1,152 @@
+"""The learner's side of the grid: answer the aggregator's Flower messages with a ClientApp.
+
+`LearnerEndpoint` subscribes (raw) to its `down` topic, joins chunked messages, hands each
+message to a Flower `ClientApp` in a worker thread (one at a time, in arrival order) and
+publishes the reply on its `up` topic. It announces `ready` when told the app is prepared
+(and again on every `ping` and reconnect), and finishes when the aggregator sends `done`.
+The bus carrying it must be created with `will=learner_will(...)`, so a learner that dies is
+reported `gone` by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from flwr.app import Context, Message
+
+from ember import topics
+from ember.bus import Bus
+from ember.bus import Message as BusMessage
+from ember.fl import flwr_compat as compat
+from ember.fl.serde import Reassembler, chunk_message, decode_frame, signal
+from ember.log import get_logger
+
+ClientAppLike = Callable[[Message, Context], Message]
+
+
+def up_topic(root: str, job: str, actor: str) -> str:
+    return topics.FL_UP.format(root, job=job, actor=actor)
+
+
+def learner_will(root: str, job: str, actor: str) -> tuple[str, bytes, bool]:
+    """The Last Will a learner's bus must carry: `gone` on its up topic."""
+    return up_topic(root, job, actor), signal("gone", reason="connection lost"), False
+
+
+class LearnerEndpoint:
+    """One learner actor's MQTT endpoint. Register before the bus starts; then `serve()`."""
+
+    def __init__(self, bus: Bus, *, job: str, actor: str) -> None:
+        self.bus, self.job, self.actor = bus, job, actor
+        self.log = get_logger("ember.fl.learner", job=job, actor=actor)
+        self.handled = 0
+        self.done = asyncio.Event()
+        self.done_ok: bool | None = None
+        self._app: ClientAppLike | None = None
+        self._context: Context | None = None
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._chunks = Reassembler()
+        self._up = up_topic(bus.root, job, actor)
+        bus.subscribe(topics.FL_DOWN, self._on_down, raw=True, job=job, actor=actor)
+
+    @property
+    def ready(self) -> bool:
+        return self._app is not None
+
+    async def announce(self, app: ClientAppLike, context: Context) -> None:
+        """The app is prepared (data loaded): answer messages from now on and say so."""
+        self._app, self._context = app, context
+        await self.bus.publish(self._up, signal("ready"))
+        self.log.info("learner.ready")
+
+    async def on_reconnect(self, bus: Bus) -> None:
+        """Pass as the bus's `on_connect`: after a reconnect the aggregator saw us `gone`."""
+        if self.ready:
+            await bus.publish(self._up, signal("ready"))
+
+    async def fail(self, reason: str) -> None:
+        """Tell the aggregator this learner stops (e.g. its data could not be loaded)."""
+        await self.bus.publish(self._up, signal("gone", reason=reason[:500]))
+
+    async def run(self, prepare: Callable[[], tuple[ClientAppLike, Context]]) -> bool | None:
+        """Prepare the app in a thread (load data), announce, serve until `done`.
+
+        A failing `prepare` is reported to the aggregator as `gone` with its reason, then raised.
+        """
+        try:
+            app, context = await asyncio.to_thread(prepare)
+        except Exception as exc:
+            self.log.exception("learner.prepare_failed")
+            await self.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        await self.announce(app, context)
+        return await self.serve()
+
+    async def serve(self) -> bool | None:
+        """Answer messages until the aggregator says `done`; returns its `ok` flag."""
+        async with asyncio.TaskGroup() as tg:
+            worker = tg.create_task(self._work())
+            await self.done.wait()
+            worker.cancel()
+        return self.done_ok
+
+    async def _on_down(self, message: BusMessage) -> None:
+        if not message.payload:
+            return
+        frame = decode_frame(message.payload)  # ValueError: logged, counted, dropped by the bus
+        if frame.kind == "msg":
+            whole = self._chunks.feed(frame)
+            if whole is not None:
+                self._queue.put_nowait(whole[0])
+        elif frame.kind == "ping":
+            if self.ready:
+                await self.bus.publish(self._up, signal("ready"))
+        elif frame.kind == "done":
+            self.done_ok = bool(frame.header.get("ok", True))
+            self.log.info("learner.done", ok=self.done_ok, handled=self.handled)
+            self.done.set()
+        else:
+            raise ValueError(f"unexpected {frame.kind!r} frame on a down topic")
+
+    async def _work(self) -> None:
+        while True:
+            data = await self._queue.get()
+            if self._app is None:  # cannot happen with a well-behaved aggregator; do not wedge
+                self.log.warning("learner.message_before_ready")
+                continue
+            try:
+                reply, reply_to = await asyncio.to_thread(self._handle, data)
+            except ValueError as exc:
+                self.bus.stats["dropped_invalid"] += 1
+                self.log.warning("learner.dropped", reason=str(exc)[:300])
+                continue
+            for frame in chunk_message(reply, reply_to=reply_to):
+                await self.bus.publish(self._up, frame)
+            self.handled += 1
+
+    def _handle(self, data: bytes) -> tuple[bytes, str]:
+        message = compat.message_from_bytes(data)
+        assert self._app is not None and self._context is not None
+        try:
+            reply = self._app(message, self._context)
+        except Exception as exc:  # the user's code failed: Flower's error reply, keep serving
+            self.log.exception("learner.clientapp_failed", type=message.metadata.message_type)
+            reply = compat.error_reply(message, compat.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}")
+        compat.set_message_id(reply, uuid.uuid4().hex)
+        return compat.message_to_bytes(reply), message.metadata.message_id
+
+
+def learner_bus(url: str, *, root: str, job: str, actor: str, keepalive: int = 5) -> tuple[Bus, LearnerEndpoint]:
+    """A learner's bus (Last Will `gone`, re-announce after reconnects) and its endpoint."""
+    endpoint: LearnerEndpoint | None = None
+
+    async def reconnected(bus: Bus) -> None:
+        if endpoint is not None:
+            await endpoint.on_reconnect(bus)
+
+    bus = Bus(url, client_id=actor, root=root, source=actor, keepalive=keepalive, will=learner_will(root, job, actor), on_connect=reconnected)
+    endpoint = LearnerEndpoint(bus, job=job, actor=actor)
+    return bus, endpoint
