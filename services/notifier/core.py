@@ -1,0 +1,88 @@
+"""The notifier's decisions, level-triggered from the projection and the node table.
+
+`decide()` returns the events the notifier owes now, each with its deterministic id
+(docs/control-plane.md): `{job}:placed:{generation}` for ActorsPlaced and `{job}:terminal` for
+JobFailed. Calling it again (after a crash, or on a view that has not caught up yet) is
+harmless: the log ignores an id it already holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ember.events import ActorsPlaced, Event, JobFailed, JobState, fact_id
+from ember.notifier.nodes import NodeTable
+from ember.notifier.placement import NoCapacity, lost_actors, place_job, replace_lost
+from ember.projection import TERMINAL_EVENT, JobView, Projection
+
+
+@dataclass(frozen=True)
+class Decision:
+    event_id: str
+    job: str
+    event: Event
+
+
+@dataclass
+class Outcome:
+    decisions: list[Decision] = field(default_factory=list)
+    waiting: dict[str, str] = field(default_factory=dict)
+    """job -> why it is still waiting for capacity."""
+
+
+def placing_since(job: JobView) -> datetime:
+    """When the job (last) entered `placing`: the start of its placement timeout."""
+    for transition in reversed(job.transitions):
+        if transition.state == JobState.PLACING:
+            return transition.time
+    return job.submitted
+
+
+def decide(projection: Projection, nodes: NodeTable, *, now: datetime, timeout: float, overcommit: float = 1.0) -> Outcome:
+    out = Outcome()
+    online = nodes.online()
+    offline = {row.node for row in nodes.rows.values() if row.offline}
+    for job in sorted(projection.jobs.values(), key=lambda j: (j.submitted, j.id)):
+        if job.state == JobState.PLACING and job.generation == 0:
+            _place(job, projection, online, out, now=now, timeout=timeout, overcommit=overcommit)
+        elif job.state in (JobState.DEPLOYING, JobState.RUNNING) and offline:
+            _replace(job, projection, online, offline, out, overcommit=overcommit)
+    return out
+
+
+def _place(job: JobView, projection: Projection, online, out: Outcome, *, now: datetime, timeout: float, overcommit: float) -> None:
+    try:
+        placements = place_job(job, projection, online, overcommit=overcommit)
+    except (NoCapacity, ValueError) as exc:
+        if isinstance(exc, ValueError):
+            out.decisions.append(Decision(fact_id(job.id, TERMINAL_EVENT), job.id, JobFailed(reason=f"cannot place: {exc}")))
+            return
+        waited = (now - placing_since(job)).total_seconds()
+        if waited >= timeout:
+            reason = f"no capacity: {exc} (waited {waited:.0f}s)"
+            out.decisions.append(Decision(fact_id(job.id, TERMINAL_EVENT), job.id, JobFailed(reason=reason)))
+        else:
+            out.waiting[job.id] = str(exc)
+        return
+    nodes = sorted({p.node for p in placements})
+    reason = f"{len(placements)} actors placed on {', '.join(nodes)}"
+    out.decisions.append(Decision(fact_id(job.id, "placed", 1), job.id, ActorsPlaced(generation=1, actors=placements, reason=reason)))
+
+
+def _replace(job: JobView, projection: Projection, online, offline: set[str], out: Outcome, *, overcommit: float) -> None:
+    lost = lost_actors(job, offline)
+    if not lost:
+        return
+    gone = ", ".join(sorted({a.node for a in lost}))
+    generation = job.generation + 1
+    try:
+        placements = replace_lost(job, projection, online, lost, overcommit=overcommit)
+    except (NoCapacity, ValueError) as exc:
+        reason = f"node lost: {gone}"
+        out.decisions.append(Decision(fact_id(job.id, TERMINAL_EVENT), job.id, JobFailed(reason=f"{reason} ({exc})")))
+        return
+    names = ", ".join(a.actor for a in lost)
+    reason = f"node lost: {gone}; re-placed {names}"
+    event = ActorsPlaced(generation=generation, actors=placements, reason=reason)
+    out.decisions.append(Decision(fact_id(job.id, "placed", generation), job.id, event))
