@@ -1,0 +1,236 @@
+"""Control-plane benchmarks (not run by CI); results go to docs/benchmarks.md, "## Control plane".
+
+    .venv/bin/python bench/bench_control_plane.py                 # all three
+    .venv/bin/python bench/bench_control_plane.py --only submit --runs 10
+    .venv/bin/python bench/bench_control_plane.py --only append --events 5000
+    .venv/bin/python bench/bench_control_plane.py --only fanout --nodes 500 --trials 10
+
+1. submit -> all actors running: real stack (3 flamelets, probe job), from sending `jobs.submit` to
+   receiving the job's `JobRunning` event; the first (cold build) run is reported apart; goal median <= 1 s.
+2. manager event append + publish (`ember.follower.append_and_publish`) on SQLite with a real
+   Mosquitto, until a subscriber has received every event; goal >= 2,000 events/s.
+3. desired-state fan-out: the real manager, builder and notifier; 500 simulated flamelets (retained
+   info + online status, `nodes/{node}/desired` subscribed over 10 connections); a probe job with 499
+   learners + 1 aggregator; latency from the ActorsPlaced event's time to each node's receipt of its
+   desired state; goal p99 (and last receipt) <= 250 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ember import topics
+from ember.bus import Bus, Message
+from ember.eventlog import open_eventlog
+from ember.events import JobRunning, NodeInfo, NodeStatus, Role
+from ember.follower import append_and_publish
+from ember.stack import Stack
+from ember.testing import private_broker
+
+TERMINAL = {"JobSucceeded", "JobFailed", "JobCancelled"}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+class JobEvents:
+    """Receipt time (time.time()) of every job event, by job and type; waiters wake on each one."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.seen: dict[tuple[str, str], tuple[float, Any]] = {}
+        self.changed = asyncio.Event()
+        bus.subscribe(topics.EVENT, self._on, aggregate="job")
+
+    async def _on(self, message: Message) -> None:
+        env = message.envelope
+        assert env is not None
+        self.seen.setdefault((env.subject, env.type), (time.time(), env))
+        self.changed.set()
+
+    async def wait(self, job: str, types: set[str], timeout: float = 120) -> tuple[float, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for t in types:
+                if (job, t) in self.seen:
+                    return self.seen[(job, t)]
+            self.changed.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{job}: none of {types} within {timeout}s")
+            try:
+                await asyncio.wait_for(self.changed.wait(), left)
+            except TimeoutError:
+                pass
+
+
+# --- 1. submit -> all actors running -------------------------------------------------------------
+
+
+async def _submit_runs(url: str, runs: int) -> dict[str, Any]:
+    spec = {"name": "bench-probe", "learners": {"count": 3}, "probe": {"seconds": 30}, "runtime": "process"}
+    async with Bus(url) as bus:
+        events = JobEvents(bus)
+        await asyncio.sleep(0.2)  # let the events subscription settle before the first submit
+        times: list[float] = []
+        for _ in range(runs + 1):
+            t0 = time.time()
+            reply = await bus.request("jobs.submit", {"spec": spec, "spec_dir": str(Path.cwd())}, timeout=30)
+            t_running, _ = await events.wait(reply["job"], {"JobRunning", *TERMINAL})
+            times.append(t_running - t0)
+            await bus.request("jobs.cancel", {"job": reply["job"]}, timeout=30)
+            await events.wait(reply["job"], TERMINAL)
+    warm = times[1:]
+    return {"cold_s": round(times[0], 3), "runs": len(warm), "median_s": round(statistics.median(warm), 3),
+            "p90_s": round(pct(warm, 90), 3), "min_s": round(min(warm), 3), "max_s": round(max(warm), 3)}
+
+
+def bench_submit(runs: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ember-bench-") as home, Stack(Path(home), flamelets=3, mldata=False) as stack:
+        return asyncio.run(_submit_runs(stack.url, runs))
+
+
+# --- 2. event append + publish throughput ---------------------------------------------------------
+
+
+async def _append(url: str, path: Path, n: int, concurrency: int) -> float:
+    got = asyncio.Event()
+    count = 0
+
+    async def on_event(_message: Message) -> None:
+        nonlocal count
+        count += 1
+        if count >= n:
+            got.set()
+
+    log = open_eventlog(f"sqlite:///{path}")
+    sub = Bus(url)
+    sub.subscribe(topics.EVENT, on_event, aggregate="job")
+    async with sub, Bus(url) as pub:
+        await asyncio.sleep(0.2)
+        envelopes = [JobRunning(reason="bench").envelope(f"job-{i % 50}", source="bench", event_id=f"{path.stem}-{i}") for i in range(n)]
+        queue = iter(envelopes)
+        t0 = time.perf_counter()
+
+        async def worker() -> None:
+            for env in queue:
+                await append_and_publish(log, pub, env)
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(concurrency):
+                tg.create_task(worker())
+        await asyncio.wait_for(got.wait(), 60)
+        elapsed = time.perf_counter() - t0
+    await log.close()
+    return n / elapsed
+
+
+def bench_append(n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"events": n}
+    with private_broker() as broker, tempfile.TemporaryDirectory(prefix="ember-bench-") as tmp:
+        for concurrency in (1, 8, 32):
+            rate = asyncio.run(_append(broker.url, Path(tmp) / f"c{concurrency}.sqlite3", n, concurrency))
+            out[f"events_per_s_concurrency_{concurrency}"] = round(rate)
+    return out
+
+
+# --- 3. desired-state fan-out ---------------------------------------------------------------------
+
+
+async def _fanout(url: str, nodes: int, trials: int, connections: int) -> dict[str, Any]:
+    names = [f"sim-{i:04d}" for i in range(1, nodes + 1)]
+    receipts: dict[str, dict[str, float]] = {}  # job -> node -> receipt time of a desired state naming it
+    sims = [Bus(url, client_id=f"bench-sim-{c}") for c in range(connections)]
+
+    async def on_desired(message: Message) -> None:
+        now = time.time()
+        for actor in (message.envelope.data.get("actors") or []) if message.envelope else []:
+            receipts.setdefault(actor["job"], {}).setdefault(message.params["node"], now)
+
+    for c, bus in enumerate(sims):
+        for name in names[c::connections]:
+            bus.subscribe(topics.NODE_DESIRED, on_desired, node=name)
+    for bus in sims:
+        await bus.start()
+    try:
+        for c, bus in enumerate(sims):
+            for name in names[c::connections]:
+                info = NodeInfo(node=name, cpus=1, memory_mb=2048, capabilities=[Role.AGGREGATOR, Role.LEARNER])
+                await bus.publish(topics.NODE_INFO.format(bus.root, node=name), bus.envelope("NodeInfo", info.model_dump(mode="json")), retain=True)
+                status = NodeStatus(node=name, status="online")
+                await bus.publish(topics.NODE_STATUS.format(bus.root, node=name), bus.envelope("NodeStatus", status.model_dump(mode="json")), retain=True)
+        async with Bus(url) as bus:
+            events = JobEvents(bus)
+            deadline = time.monotonic() + 120
+            while len([n for n in await bus.request("nodes.list", timeout=30) if n["status"] == "online"]) < nodes:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("simulated nodes not all online")
+                await asyncio.sleep(0.5)
+            spec = {"name": "bench-fanout", "learners": {"count": nodes - 1}, "probe": {"seconds": 60},
+                    "resources": {"cpus": 1, "memory_mb": 1024}, "runtime": "process"}
+            lasts, p99s, p50s, placed_counts = [], [], [], []
+            for _ in range(trials + 1):
+                reply = await bus.request("jobs.submit", {"spec": spec, "spec_dir": str(Path.cwd())}, timeout=30)
+                job = reply["job"]
+                _, placed = await events.wait(job, {"ActorsPlaced", *TERMINAL})
+                if placed.type != "ActorsPlaced":
+                    raise RuntimeError(f"{job} ended before placement: {placed.data}")
+                t_place = placed.time.timestamp()
+                targets = {a["node"] for a in placed.data["actors"]}
+                while set(receipts.get(job, {})) < targets:
+                    await asyncio.sleep(0.01)
+                lat = [receipts[job][n] - t_place for n in targets]
+                lasts.append(max(lat)); p99s.append(pct(lat, 99)); p50s.append(pct(lat, 50)); placed_counts.append(len(targets))
+                await bus.request("jobs.cancel", {"job": job}, timeout=30)
+                await events.wait(job, TERMINAL)
+                await asyncio.sleep(1.0)  # let the cleared desired states drain before the next trial
+    finally:
+        for bus in sims:
+            await bus.shutdown()
+    ms = lambda xs: round(statistics.median(xs[1:]) * 1000, 1)  # noqa: E731 (first trial is a warm-up)
+    return {"nodes": nodes, "connections": connections, "trials": trials, "nodes_placed": placed_counts[-1],
+            "per_node_p50_ms": ms(p50s), "per_node_p99_ms": ms(p99s), "last_receipt_ms_median": ms(lasts),
+            "last_receipt_ms_max": round(max(lasts[1:]) * 1000, 1)}
+
+
+def bench_fanout(nodes: int, trials: int, connections: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ember-bench-") as home, Stack(Path(home), flamelets=0, mldata=False) as stack:
+        return asyncio.run(_fanout(stack.url, nodes, trials, connections))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=["submit", "append", "fanout"], action="append")
+    parser.add_argument("--runs", type=int, default=10, help="submit: measured runs after one cold run")
+    parser.add_argument("--events", type=int, default=5000, help="append: events per concurrency level")
+    parser.add_argument("--nodes", type=int, default=500, help="fanout: simulated flamelets")
+    parser.add_argument("--trials", type=int, default=10, help="fanout: placements measured after one warm-up")
+    parser.add_argument("--connections", type=int, default=10, help="fanout: MQTT connections the simulated nodes share")
+    args = parser.parse_args(argv)
+    logging.getLogger("mqtt").setLevel(logging.ERROR)  # aiomqtt's "N pending publish calls" is expected here
+    chosen = args.only or ["submit", "append", "fanout"]
+    results: dict[str, Any] = {}
+    if "submit" in chosen:
+        results["submit_to_running"] = bench_submit(args.runs)
+        print(json.dumps({"submit_to_running": results["submit_to_running"]}), flush=True)
+    if "append" in chosen:
+        results["append_publish"] = bench_append(args.events)
+        print(json.dumps({"append_publish": results["append_publish"]}), flush=True)
+    if "fanout" in chosen:
+        results["fanout"] = bench_fanout(args.nodes, args.trials, args.connections)
+        print(json.dumps({"fanout": results["fanout"]}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
