@@ -73,7 +73,7 @@ class MldataClient:
         except flight.FlightError as exc:
             raise _typed(exc) from None
 
-    def push(self, tag: str, data: pa.Table | pa.RecordBatchReader, *, batch_rows: int = 1 << 17) -> dict[str, Any]:
+    def push(self, tag: str, data: pa.Table | pa.RecordBatchReader, *, batch_rows: int = 1 << 16) -> dict[str, Any]:
         """Upload one partition; returns `{"partition", "rows", "bytes", "duplicate"}`."""
         descriptor = flight.FlightDescriptor.for_path(tag)
         batches = data.to_batches(max_chunksize=batch_rows) if isinstance(data, pa.Table) else data

@@ -26,7 +26,9 @@ class MldataSettings(Settings):
     """Empty: the server generates one into `<data-dir>/_token` (mode 0600), where loaders find it."""
     mldata_url: str = ""
     """Where loaders reach the node's mldata; default `grpc://127.0.0.1:<port>`."""
-    mldata_compression: Literal["snappy", "none", "lz4", "zstd", "gzip"] = "snappy"
+    mldata_compression: Literal["none", "snappy", "lz4", "zstd", "gzip"] = "none"
+    """Parquet codec. `none`: sensor channels (noisy floats) shrank only ~6% with snappy here,
+    while snappy cost ~30% more CPU per put and per read (docs/benchmarks.md)."""
     mldata_flush_rows: int = Field(default=50_000, gt=0)
     """Ingestion flushes a tag's buffer into a partition once it holds this many readings ..."""
     mldata_flush_seconds: float = Field(default=10.0, gt=0)

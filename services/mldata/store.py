@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import queue
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +30,7 @@ from ember.errors import InvalidRequest, Unavailable
 from ember.mldata import schema as schemas
 from ember.mldata.errors import PartitionNotFound, SchemaMismatch
 from ember.mldata.names import PARTITION_RE, TMP_PREFIX, check_tag, parse_partition, partition_name
+from ember.mldata.prefetch import prefetch
 
 TS_COLUMN = "ts"
 
@@ -71,17 +73,37 @@ class TagStats:
 
 
 class _HashingSink:
-    """A write-only file object that hashes everything the Parquet writer emits."""
+    """A write-only file object for the Parquet writer: bytes go to `raw` and, through a
+    queue, to a SHA-256 in a helper thread, so hashing overlaps encoding (a second core).
+    The helper also starts writeback every `SYNC_EVERY` bytes, so the final fsync is short."""
+
+    SYNC_EVERY = 16 << 20
 
     def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
-        self.sha = hashlib.sha256()
         self.position = 0
         self.closed = False
+        self._sha = hashlib.sha256()
+        self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._hasher = threading.Thread(target=self._hash, name="mldata-sha256", daemon=True)
+        self._hasher.start()
+
+    def _hash(self) -> None:
+        unsynced = 0
+        for chunk in iter(self._chunks.get, None):
+            self._sha.update(chunk)
+            unsynced += len(chunk)
+            if unsynced >= self.SYNC_EVERY:
+                unsynced = 0
+                try:
+                    os.fdatasync(self.raw.fileno())
+                except (OSError, ValueError):  # closed under us: the final fsync decides
+                    pass
 
     def write(self, data: Any) -> int:
-        self.sha.update(data)
-        written = self.raw.write(data)
+        chunk = bytes(data)  # pyarrow hands over immutable bytes: no copy then
+        written = self.raw.write(chunk)
+        self._chunks.put(chunk)
         self.position += written
         return written
 
@@ -94,6 +116,16 @@ class _HashingSink:
     def close(self) -> None:
         self.closed = True
 
+    def hexdigest(self) -> str:
+        """Wait for the hasher; call once, after the writer is closed."""
+        self._chunks.put(None)
+        self._hasher.join()
+        return self._sha.hexdigest()
+
+    def abandon(self) -> None:
+        if self._hasher.is_alive():
+            self._chunks.put(None)
+
 
 class PartitionStore:
     """Parquet partitions of one node; thread-safe (Flight calls run on a thread pool)."""
@@ -102,7 +134,7 @@ class PartitionStore:
         self,
         root: Path,
         *,
-        compression: str = "snappy",
+        compression: str = "none",
         row_group_rows: int = 1 << 20,
         row_group_bytes: int = 256 << 20,
         on_change: Callable[[PartitionStore], None] | None = None,
@@ -175,7 +207,7 @@ class PartitionStore:
     def iter_batches(self, name: str, batch_size: int = 1 << 17) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Stream one partition row group by row group; never loads it whole."""
         parquet = pq.ParquetFile(self.path(name), pre_buffer=True)
-        return parquet.schema_arrow, parquet.iter_batches(batch_size=batch_size, use_threads=True)
+        return parquet.schema_arrow, prefetch(parquet.iter_batches(batch_size=batch_size, use_threads=True))
 
     def schema_of(self, tag: str) -> pa.Schema | None:
         with self._lock:
@@ -199,6 +231,7 @@ class PartitionStore:
         check_tag(tag)
         self.check_schema(tag, schema)
         tmp = self.root / f"{TMP_PREFIX}{tag}.{uuid.uuid4().hex}"
+        sink: _HashingSink | None = None
         try:
             with open(tmp, "wb") as raw:
                 sink = _HashingSink(raw)
@@ -207,10 +240,12 @@ class PartitionStore:
                 os.fsync(raw.fileno())
             if rows == 0:
                 raise InvalidRequest(f"empty upload for tag {tag!r}: no rows")
-            name = partition_name(tag, sink.sha.hexdigest())
+            name = partition_name(tag, sink.hexdigest())
             part = self._read_partition(tmp, name)
             return self._commit(part, tmp)
         finally:
+            if sink is not None:
+                sink.abandon()
             tmp.unlink(missing_ok=True)
 
     def write_table(self, tag: str, table: pa.Table) -> PutResult:
