@@ -156,3 +156,17 @@ def prepare_client(
     client = ModelManagerClient(new_manager(spec, code_dir), base_config(spec, node))
     client.prepare(load_table())
     return client.app, context
+
+
+def code_dir_of(ref: str) -> Path | None:
+    """The folder on `sys.path` that holds `module:attr`'s top-level package (the code folder)."""
+    module_name = ref.partition(":")[0]
+    module = importlib.import_module(module_name)
+    path = Path(getattr(module, "__file__", "") or "")
+    if not path.name:
+        return None
+    depth = module_name.count(".") + (1 if path.name == "__init__.py" else 0)
+    folder = path.parent
+    for _ in range(depth):
+        folder = folder.parent
+    return folder

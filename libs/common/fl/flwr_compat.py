@@ -16,8 +16,8 @@ breaks one module and one contract test, loudly:
 - `flwr.supercore.run.Run.create_empty`: the `Run` a `Grid` reports through `grid.run`.
 - `flwr.common.constant.SUPERLINK_NODE_ID` and `ErrorCode`: the aggregator's node id and
   the error codes of replies that never came.
-- `flwr.common.config.get_fused_config_from_dir`: a Flower app's `run_config` from its
-  `pyproject.toml` (`[tool.flwr.app.config]`), as `flwr run` would pass it.
+- The `[tool.flwr.app.config]` table of a Flower app's `pyproject.toml`, flattened with `.`,
+  is its `run_config` (what `flwr run` passes to `Context.run_config`).
 """
 
 from __future__ import annotations
@@ -97,13 +97,26 @@ def error_reply(message: Message, code: int, reason: str) -> Message:
 
 
 def run_config_from_dir(app_dir: str | Path) -> dict[str, Any]:
-    """A Flower app's default run config (`[tool.flwr.app.config]`), flattened; {} without one."""
-    from flwr.common.config import get_fused_config_from_dir
+    """A Flower app's run config (`[tool.flwr.app.config]` of its pyproject.toml), flattened
+    with `.` like Flower does; {} when the folder has none. Read directly (Flower's own loader
+    insists on a complete FAB manifest)."""
+    import tomllib
 
-    path = Path(app_dir)
-    if not (path / "pyproject.toml").is_file():
+    path = Path(app_dir) / "pyproject.toml"
+    if not path.is_file():
         return {}
     try:
-        return dict(get_fused_config_from_dir(path, {}))
-    except (KeyError, ValueError):
+        config = tomllib.loads(path.read_text())["tool"]["flwr"]["app"].get("config", {})
+    except (KeyError, TypeError, ValueError, AttributeError):
         return {}
+
+    def flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in table.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    return flat(config)

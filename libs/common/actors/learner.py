@@ -1,0 +1,101 @@
+"""The learner actor: `python -m ember.actors.learner` (started by a flamelet).
+
+Configured like the aggregator (`ember.fl.settings.ActorSettings`) plus EMBER_MLDATA_URL and
+EMBER_MLDATA_TOKEN of its node's mldata. It connects with a Last Will (`gone` on its up topic),
+loads its node's data for the job's tags (`ember.mldata.client.load_table`), builds and
+preprocesses the ModelManager once (or loads the user's Flower ClientApp, with
+`context.node_config` = `partition-id` / `num-partitions`), announces `ready`, answers every
+Flower message from the aggregator, and exits 0 when the aggregator says `done`.
+
+Exit codes: 0 done; 1 could not prepare (data, code) — the reason is the last log line and is
+sent to the aggregator; 2 bad configuration; 143 stopped by SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+import sys
+from collections.abc import Sequence
+
+from ember.log import configure, get_logger
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_SIGTERM = 1, 2, 128 + signal.SIGTERM
+
+
+def _loader(settings: object, tags: list[str]) -> object:
+    from ember.fl.settings import ActorSettings
+    from ember.mldata.client import load_table
+
+    assert isinstance(settings, ActorSettings)
+    return load_table(tags, url=settings.mldata_url or None, token=settings.mldata_token or None, node=settings.node_id or None)
+
+
+async def run(settings: object) -> int:
+    """Run one learner with `ActorSettings`; returns the process exit code."""
+    from ember.fl.aggregator import run_id_for
+    from ember.fl.clientapp import code_dir_of, prepare_client
+    from ember.fl.grid import node_id_for
+    from ember.fl.learner import learner_bus
+    from ember.fl.settings import ActorSettings
+
+    assert isinstance(settings, ActorSettings)
+    log = get_logger("ember.actors.learner", job=settings.job_id, actor=settings.actor_id, node=settings.node_id)
+    try:
+        settings.require("job_id", "actor_id", "learners")
+        spec = settings.spec()
+        learners = settings.learner_ids()
+        if settings.actor_id not in learners:
+            raise ValueError(f"{settings.actor_id} is not in EMBER_LEARNERS")
+        ref = spec.code.entrypoint or spec.code.clientapp or ""
+        code_dir = settings.code_dir or (str(code_dir_of(ref) or "") if ref else "")
+    except Exception as exc:
+        log.error("learner.failed", reason=f"bad configuration: {exc}"[:1000])
+        return EXIT_CONFIG
+    actor, job = settings.actor_id, settings.job_id
+    prepare = functools.partial(
+        prepare_client,
+        spec,
+        load_table=functools.partial(_loader, settings, spec.data.tags),
+        run_id=run_id_for(job),
+        node_id=node_id_for(actor),
+        index=learners.index(actor),
+        count=len(learners),
+        node=settings.node_id,
+        code_dir=code_dir or None,
+    )
+    bus, endpoint = learner_bus(settings.resolved_mqtt_url(), root=settings.topic_root, job=job, actor=actor, keepalive=settings.keepalive)
+    stopped = False
+
+    def on_sigterm() -> None:
+        nonlocal stopped
+        stopped = True
+        endpoint.done.set()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+    async with bus:
+        try:
+            await endpoint.run(prepare)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:1000]
+            log.error("learner.failed", reason=reason)
+            return EXIT_FAILED
+    if stopped:
+        log.info("learner.stopped", reason="SIGTERM", handled=endpoint.handled)
+        return EXIT_SIGTERM
+    log.info("learner.exited", handled=endpoint.handled, aggregator_ok=endpoint.done_ok)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m ember.actors.learner` (no flags: the environment configures it)."""
+    from ember.fl.settings import ActorSettings
+
+    settings = ActorSettings.from_env()
+    configure(settings.log_format, settings.log_level, service="learner")
+    return asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,93 @@
+"""Frames and chunking of Flower messages, alone and through a real Mosquitto."""
+
+import asyncio
+import random
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from ember import topics
+from ember.bus import Bus
+from ember.fl import flwr_compat as compat
+from ember.fl.clientapp import learner_context
+from ember.fl.grid import MqttGrid, node_id_for
+from ember.fl.learner import learner_bus
+from ember.fl.serde import CHUNK_BYTES, Frame, Reassembler, chunk_message, decode_frame, signal
+from ember.testing import assert_eventually
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def big_message() -> Message:
+    compat.set_task_identity(run_id=1, node_id=compat.AGGREGATOR_NODE_ID)
+    array = np.random.default_rng(0).normal(size=5 * 1024 * 1024 // 8)  # 5 MB of float64
+    content = RecordDict({"arrays": ArrayRecord([array]), "config": ConfigRecord({"server-round": 1})})
+    msg = Message(content, node_id_for("learner-a"), "train")
+    compat.set_message_id(msg, "big-1")
+    return msg
+
+
+def test_chunked_5mb_message_round_trip_in_any_order():
+    msg = big_message()
+    data = compat.message_to_bytes(msg)
+    frames = list(chunk_message(data, reply_to="x"))
+    assert len(frames) == -(-len(data) // CHUNK_BYTES) > 9
+    random.Random(1).shuffle(frames)
+    joiner = Reassembler()
+    results = [joiner.feed(decode_frame(f)) for f in frames]
+    whole = [r for r in results if r is not None]
+    assert len(whole) == 1 and whole[0][1] == "x"
+    back = compat.message_from_bytes(whole[0][0])
+    assert np.array_equal(back.content["arrays"].to_numpy_ndarrays()[0], msg.content["arrays"].to_numpy_ndarrays()[0])
+    assert back.metadata == msg.metadata
+
+
+def test_malformed_frames_are_refused_with_a_reason():
+    for junk in (b"", b"EMB", b"XXXX\x00\x02{}", b"EMB1\x00\x09not json!", b'EMB1\x00\x0b{"k":"zzz"}', b"EMB1\xff\xff{}"):
+        with pytest.raises(ValueError):
+            decode_frame(junk)
+    joiner = Reassembler()
+    with pytest.raises(ValueError):
+        joiner.feed(Frame("msg", {"t": "a", "i": 3, "n": 2, "size": 1}))
+    with pytest.raises(ValueError):
+        joiner.feed(Frame("msg", {"t": "a", "i": 0, "n": 1, "size": 5}, b"abc"))
+    assert decode_frame(signal("done", ok=False)) == Frame("done", {"ok": False})
+
+
+def test_reassembler_is_bounded():
+    joiner = Reassembler(max_partial=2)
+    for transfer in "abc":
+        assert joiner.feed(Frame("msg", {"t": transfer, "i": 0, "n": 2, "size": 2}, b"x")) is None
+    assert joiner.dropped == 1
+
+
+async def test_5mb_message_over_mqtt_grid_and_back(mqtt_broker):
+    """A 5 MB ArrayRecord goes down in chunks, an echo ClientApp sends it back up in chunks;
+    junk on the up topic is counted and dropped while the grid keeps serving."""
+    app = ClientApp()
+
+    @app.train()
+    def echo(message: Message, context) -> Message:
+        return Message(message.content, reply_to=message)
+
+    job, actor = "serde-job", "learner-a"
+    agg_bus = Bus(mqtt_broker.url, client_id="agg")
+    grid = MqttGrid(agg_bus, job=job, learners=[actor], minimum=1, run_id=1)
+    bus, endpoint = learner_bus(mqtt_broker.url, root="ember/v1", job=job, actor=actor)
+    async with agg_bus, bus:
+        serving = asyncio.create_task(endpoint.run(lambda: (app, learner_context(1, node_id_for(actor), 0, 1))))
+        assert await grid.wait_ready(10) == [actor]
+        up = topics.FL_UP.format("ember/v1", job=job, actor=actor)
+        for junk in (b"garbage", b'EMB1\x00\x0b{"k":"zzz"}'):
+            await bus.publish(up, junk)
+        await assert_eventually(lambda: agg_bus.stats["dropped_invalid"] == 2)
+        msg = big_message()
+        replies = list(await asyncio.to_thread(grid.send_and_receive, [msg], timeout=30))
+        assert len(replies) == 1 and not replies[0].has_error()
+        sent = msg.content["arrays"].to_numpy_ndarrays()[0]
+        assert np.array_equal(replies[0].content["arrays"].to_numpy_ndarrays()[0], sent)
+        assert grid.stats["frames_sent"] >= 10
+        await grid.signal_all("done", ok=True)
+        assert await asyncio.wait_for(serving, 10) is True
