@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,7 @@ class TinyModel(ModelManager):
         self.w, self.b = np.asarray(parameters[0], dtype=float), np.asarray(parameters[1], dtype=float)
 
     def fit(self, config: TrainConfig) -> tuple[int, dict[str, float]]:
+        time.sleep(float(os.environ.get("TINY_FIT_SECONDS", "0")))  # emulates a heavier model's compute
         for _ in range(config.local_epochs * 10):
             error = self.x_train @ self.w + self.b - self.y_train
             self.w = self.w - config.learning_rate * (self.x_train.T @ error) / len(error)
