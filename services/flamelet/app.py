@@ -38,6 +38,7 @@ class Flamelet:
         self.node = node
         self.root = settings.topic_root
         self.started: datetime = utcnow()
+        self._will_since = self._online_since = self.started
         self.runtime = runtime or ProcessRuntime(settings.actors_dir)
         self.log = get_logger("ember.flamelet", node=node)
         self.bus = Bus(
@@ -117,11 +118,19 @@ class Flamelet:
 
     # --- announcing --------------------------------------------------------------------------
     def _will(self) -> tuple[str, bytes, bool]:
-        status = NodeStatus(node=self.node, status="offline")
+        """The Last Will of the next connection: `offline`, retained.
+
+        A will is composed before its connection exists, so its `since` is the time it was
+        composed; the `online` status of that same connection carries the same `since`, so a
+        reader that keeps the newest status (`since` compared with `>=`) accepts the will.
+        """
+        self._will_since = utcnow()
+        status = NodeStatus(node=self.node, status="offline", since=self._will_since)
         envelope = status_envelope(self.node, status)
         return topics.NODE_STATUS.format(self.root, node=self.node), envelope.to_bytes(), True
 
     async def _on_connect(self, bus: Bus) -> None:
+        self._online_since = self._will_since  # the will in force for this connection
         bus.will = self._will()  # the next connection's will carries a fresh `since`
         self._announce.set()
 
@@ -132,7 +141,7 @@ class Flamelet:
             self._announce.clear()
             try:
                 await self._publish_info()
-                await self._publish_status("online")
+                await self._publish_status("online", since=self._online_since)
                 await self.supervisor.republish()
                 self._ready.set()
             except Unavailable as exc:
@@ -154,8 +163,9 @@ class Flamelet:
         envelope = self.bus.envelope("NodeInfo", info.model_dump(mode="json"), subject=self.node)
         await self.bus.publish(topics.NODE_INFO.format(self.root, node=self.node), envelope, retain=True)
 
-    async def _publish_status(self, status: str, *, timeout: float = 10.0) -> None:
-        envelope = status_envelope(self.node, NodeStatus(node=self.node, status=status), source=self.bus.source)
+    async def _publish_status(self, status: str, *, since: datetime | None = None, timeout: float = 10.0) -> None:
+        value = NodeStatus(node=self.node, status=status, since=since or utcnow())
+        envelope = status_envelope(self.node, value, source=self.bus.source)
         try:
             await self.bus.publish(topics.NODE_STATUS.format(self.root, node=self.node), envelope, retain=True, timeout=timeout)
         except Unavailable as exc:
