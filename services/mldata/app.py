@@ -15,8 +15,11 @@ import contextlib
 import signal
 from typing import Any
 
+import pyarrow as pa
+
 from ember import topics
 from ember.bus import Bus
+from ember.errors import Unavailable
 from ember.log import get_logger
 from ember.mldata.handlers import data_handler
 from ember.mldata.ingest import Batch, Ingestor
@@ -63,13 +66,17 @@ class MldataService:
         self.store.open()
         try:
             write_summary(self.store, self.node)
-            self.server = MldataFlightServer(
-                self.store,
-                location=f"grpc://{settings.mldata_host}:{settings.mldata_port}",
-                token=settings.token(create=True),
-                batch_size=settings.mldata_batch_rows,
-                stats=self.ingestor.stats,
-            )
+            location = f"grpc://{settings.mldata_host}:{settings.mldata_port}"
+            try:
+                self.server = MldataFlightServer(
+                    self.store,
+                    location=location,
+                    token=settings.token(create=True),
+                    batch_size=settings.mldata_batch_rows,
+                    stats=self.ingestor.stats,
+                )
+            except (OSError, pa.ArrowException) as exc:
+                raise Unavailable(f"cannot serve Arrow Flight on {location}: {exc}") from None
             if settings.mldata_ingest:
                 self._start_loop(self._flusher(), "flusher")
                 self._start_loop(self._ticker(), "ticker")

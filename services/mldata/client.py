@@ -9,6 +9,7 @@ types are widened) and sorts by `ts` when that column exists.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -116,14 +117,16 @@ def load_table(
     token: str | None = None,
     sort_by: str | None = "ts",
     node: str | None = None,
-    parallel: int = 4,
+    parallel: int | None = None,
     settings: MldataSettings | None = None,
 ) -> pa.Table:
     """Every partition of `tags` on the local mldata as one table (see the module doc).
 
-    Raises `NoDataError("no data for tags [...] on node N")` when nothing matches.
+    `parallel` partitions are fetched at once (default: the CPU count, at most 4). Raises
+    `NoDataError("no data for tags [...] on node N")` when nothing matches.
     """
     tags = list(tags)
+    parallel = parallel or min(4, os.cpu_count() or 1)
     if url is None or token is None or node is None:
         settings = settings or MldataSettings.from_env()
         url = url or settings.url()
