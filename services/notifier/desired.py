@@ -56,8 +56,8 @@ def actor_spec(job: JobView, actor: ActorView, needs: JobNeeds, env: ActorEnv, n
         "EMBER_MLFLOW_TRACKING_URI": env.mlflow_tracking_uri,
         "EMBER_HOME": env.home,
     }
-    if actor.role == Role.AGGREGATOR:
-        variables["EMBER_LEARNERS"] = ",".join(a.actor for a in learners)
+    # every actor: the aggregator waits for these learners; a learner finds its index and count
+    variables["EMBER_LEARNERS"] = ",".join(a.actor for a in learners)
     info = nodes.row(actor.node).info
     if info is not None and info.mldata_url:
         variables["EMBER_MLDATA_URL"] = info.mldata_url
