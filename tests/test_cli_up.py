@@ -16,7 +16,8 @@ from ember.testing import wait_until
 pytestmark = pytest.mark.timeout(180)
 
 ROOT = Path(__file__).resolve().parents[1]
-EMBER = [sys.executable, "-m", "ember.cli.main"]
+SCRIPT = Path(sys.executable).with_name("ember")  # the console script a user runs
+EMBER = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "ember.cli.main"]
 
 
 def test_ember_up_then_submit_probe_job_and_wait(tmp_path: Path) -> None:
