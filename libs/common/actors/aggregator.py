@@ -31,7 +31,6 @@ async def run(settings: object) -> int:
     """Run one aggregator with `ActorSettings`; returns the process exit code."""
     from ember.bus import Bus
     from ember.fl.aggregator import Aggregator
-    from ember.fl.clientapp import code_dir_of
     from ember.fl.settings import ActorSettings
 
     assert isinstance(settings, ActorSettings)
@@ -39,8 +38,7 @@ async def run(settings: object) -> int:
     try:
         settings.require("job_id", "actor_id", "learners")
         spec = settings.spec()
-        ref = spec.code.entrypoint or spec.code.serverapp or ""
-        code_dir = settings.code_dir or (str(code_dir_of(ref) or "") if ref else "")
+        code_dir = settings.resolve_code_dir(spec)
     except Exception as exc:
         log.error("aggregator.failed", reason=f"bad configuration: {exc}"[:1000])
         return EXIT_CONFIG

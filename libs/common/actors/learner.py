@@ -1,7 +1,9 @@
 """The learner actor: `python -m ember.actors.learner` (started by a flamelet).
 
 Configured like the aggregator (`ember.fl.settings.ActorSettings`) plus EMBER_MLDATA_URL and
-EMBER_MLDATA_TOKEN of its node's mldata. It connects with a Last Will (`gone` on its up topic),
+EMBER_MLDATA_TOKEN of its node's mldata (without a token, the node's token file under
+EMBER_HOME is used, as `ember.mldata.client.load_table` does). Its index among the learners
+comes from EMBER_LEARNERS when set, else from its actor id (`{job}-learner-{i}`). It connects with a Last Will (`gone` on its up topic),
 loads its node's data for the job's tags (`ember.mldata.client.load_table`), builds and
 preprocesses the ModelManager once (or loads the user's Flower ClientApp, with
 `context.node_config` = `partition-id` / `num-partitions`), announces `ready`, answers every
@@ -35,7 +37,7 @@ def _loader(settings: object, tags: list[str]) -> object:
 async def run(settings: object) -> int:
     """Run one learner with `ActorSettings`; returns the process exit code."""
     from ember.fl.aggregator import run_id_for
-    from ember.fl.clientapp import code_dir_of, prepare_client
+    from ember.fl.clientapp import prepare_client
     from ember.fl.grid import node_id_for
     from ember.fl.learner import learner_bus
     from ember.fl.settings import ActorSettings
@@ -43,13 +45,10 @@ async def run(settings: object) -> int:
     assert isinstance(settings, ActorSettings)
     log = get_logger("ember.actors.learner", job=settings.job_id, actor=settings.actor_id, node=settings.node_id)
     try:
-        settings.require("job_id", "actor_id", "learners")
+        settings.require("job_id", "actor_id")
         spec = settings.spec()
-        learners = settings.learner_ids()
-        if settings.actor_id not in learners:
-            raise ValueError(f"{settings.actor_id} is not in EMBER_LEARNERS")
-        ref = spec.code.entrypoint or spec.code.clientapp or ""
-        code_dir = settings.code_dir or (str(code_dir_of(ref) or "") if ref else "")
+        index, count = settings.position(spec)
+        code_dir = settings.resolve_code_dir(spec)
     except Exception as exc:
         log.error("learner.failed", reason=f"bad configuration: {exc}"[:1000])
         return EXIT_CONFIG
@@ -60,8 +59,8 @@ async def run(settings: object) -> int:
         load_table=functools.partial(_loader, settings, spec.data.tags),
         run_id=run_id_for(job),
         node_id=node_id_for(actor),
-        index=learners.index(actor),
-        count=len(learners),
+        index=index,
+        count=count,
         node=settings.node_id,
         code_dir=code_dir or None,
     )

@@ -4,12 +4,16 @@
 `EMBER_JOB_SPEC` (the job spec as JSON), `EMBER_LEARNERS` (comma-separated learner actor ids),
 `EMBER_MLFLOW_TRACKING_URI` (aggregator; `none` disables tracking), `EMBER_HOME`,
 `EMBER_MLDATA_URL` / `EMBER_MLDATA_TOKEN` (learners; empty: the node's mldata defaults),
-`EMBER_CODE_DIR` (optional: the user's code folder; default: found from the entry point).
+`EMBER_CODE_DIR` (optional: the user's code folder; default: found from the entry point, else
+`code.path` under `EMBER_JOB_SPEC_DIR`).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
+from pathlib import Path
 
 from ember.fl.tracking import DISABLED
 from ember.jobspec import JobSpec, validate_spec
@@ -24,6 +28,7 @@ class ActorSettings(Settings):
     mldata_url: str = ""
     mldata_token: str = ""
     code_dir: str = ""
+    job_spec_dir: str = ""
 
     def spec(self) -> JobSpec:
         if not self.job_spec:
@@ -32,6 +37,35 @@ class ActorSettings(Settings):
 
     def learner_ids(self) -> list[str]:
         return [item.strip() for item in self.learners.split(",") if item.strip()]
+
+    def position(self, spec: JobSpec) -> tuple[int, int]:
+        """This learner's (index, learner count): from EMBER_LEARNERS, else from its actor id
+        (`{job}-learner-{i}[-g{generation}]`, the notifier's naming) and `learners.count`."""
+        learners = self.learner_ids()
+        if learners:
+            if self.actor_id not in learners:
+                raise ValueError(f"{self.actor_id} is not in EMBER_LEARNERS")
+            return learners.index(self.actor_id), len(learners)
+        found = re.search(r"-learner-(\d+)(?:-g\d+)?$", self.actor_id)
+        return (int(found.group(1)) if found else 0), spec.learners.count
+
+    def resolve_code_dir(self, spec: JobSpec) -> str | None:
+        """The user's code folder: EMBER_CODE_DIR, else the folder the entry point imports from
+        (PYTHONPATH), else `code.path` under EMBER_JOB_SPEC_DIR (then put on `sys.path`)."""
+        from ember.fl.clientapp import code_dir_of
+
+        ref = spec.code.entrypoint or spec.code.serverapp or spec.code.clientapp
+        if self.code_dir or not ref:
+            return self.code_dir or None
+        try:
+            found = code_dir_of(ref)
+        except ImportError:
+            folder = Path(self.job_spec_dir) / (spec.code.path or ".")
+            if not (self.job_spec_dir and folder.is_dir()):
+                raise
+            sys.path.insert(0, str(folder.resolve()))
+            found = code_dir_of(ref)
+        return str(found) if found else None
 
     def tracking_uri(self) -> str | None:
         uri = self.resolved_mlflow_uri()
