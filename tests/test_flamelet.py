@@ -130,6 +130,18 @@ async def test_actor_no_longer_desired_is_stopped_within_5s(observer, mqtt_broke
         assert "SIGKILL" in stubborn.reason
 
 
+async def test_clean_shutdown_stops_actors_and_announces_offline(observer, mqtt_broker, tmp_path):
+    async with Flamelet(flamelet_settings(mqtt_broker, tmp_path)):
+        await observer.desire(1, probe("worker", 600), probe("docker-one", 1).model_copy(update={"runtime": "docker"}))
+        await assert_eventually(lambda: any("probe: started" in line for line in observer.logs.get("worker", [])))
+        pid = observer.last("worker").pid
+        refused = await assert_eventually(lambda: observer.ended("docker-one"))
+        assert "'docker'" in refused.reason
+    ended = await assert_eventually(lambda: observer.ended("worker"))
+    assert not pid_alive(pid) and "flamelet shut down" in ended.reason
+    await assert_eventually(lambda: observer.status[-1:] == ["offline"])
+
+
 async def test_malformed_desired_states_are_dropped_and_the_flamelet_keeps_serving(observer, mqtt_broker, tmp_path):
     async with Flamelet(flamelet_settings(mqtt_broker, tmp_path)) as flamelet:
         topic = topics.NODE_DESIRED.format(ROOT, node="n1")

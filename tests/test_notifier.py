@@ -3,7 +3,6 @@ publishing their retained info/status, and the builder's events are appended dir
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -117,7 +116,7 @@ async def test_waits_for_capacity_then_fails_after_the_placement_timeout(cluster
     await cluster.node("n1", cpus=2)
     async with Notifier(settings(mqtt_broker, tmp_path, notifier_placement_timeout=3)) as notifier:
         await cluster.submit("wait-1", probe_spec())
-        await assert_eventually(lambda: "wait-1" in notifier._waiting_logged)
+        await assert_eventually(lambda: "wait-1" in notifier.waiting)
         assert await cluster.events("ActorsPlaced", "wait-1") == []
         await cluster.node("n2", cpus=2)  # now 4 cpus for 1 aggregator + 3 learners
         await assert_eventually(lambda: cluster.events("ActorsPlaced", "wait-1"))

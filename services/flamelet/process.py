@@ -192,6 +192,8 @@ class ProcessRuntime:
         return env
 
     async def start(self, spec: ActorSpec) -> ProcessActor:
+        if spec.runtime != self.name:
+            raise StartFailed(f"this node runs actors with the {self.name!r} runtime, not {spec.runtime!r}")
         files = self.files(spec.actor)
         command = self.command(spec)
         code_dir = spec.artifact.code_dir

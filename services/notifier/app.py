@@ -54,7 +54,8 @@ class Notifier:
             mlflow_tracking_uri=settings.resolved_mlflow_uri(),
             home=str(settings.home),
         )
-        self._waiting_logged: dict[str, str] = {}
+        self.waiting: dict[str, str] = {}
+        """job -> why it still waits for capacity (as last logged)."""
         self._place_after = 0.0
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
@@ -146,10 +147,10 @@ class Notifier:
                 self.log.info("notifier.appended", job=decision.job, type=envelope.type, id=decision.event_id,
                               reason=getattr(decision.event, "reason", ""))
         for job, why in outcome.waiting.items():
-            if self._waiting_logged.get(job) != why:
+            if self.waiting.get(job) != why:
                 self.log.info("notifier.waiting_for_capacity", job=job, reason=why,
                               timeout=self.settings.notifier_placement_timeout)
-        self._waiting_logged = dict(outcome.waiting)
+        self.waiting = dict(outcome.waiting)
 
     async def _publish_desired(self, projection: Projection) -> None:
         wanted = desired_actors(projection, self.nodes, self.env)

@@ -16,8 +16,6 @@ Not enough room raises `NoCapacity`, whose message says what was needed and what
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -26,7 +24,7 @@ from pydantic import ValidationError
 from ember.events import ActorState, Placement, Role
 from ember.jobspec import DataSpec, LearnerSpec, ProbeSpec, ResourceSpec
 from ember.notifier.nodes import NodeRow
-from ember.projection import JobView, Projection
+from ember.projection import ActorView, JobView, Projection
 
 
 class NoCapacity(Exception):
@@ -76,10 +74,6 @@ class Room:
         self.cpus -= needs.cpus
         self.memory_mb -= needs.memory_mb
         self.actors += 1
-
-
-def job_needs(job: JobView) -> JobNeeds:
-    return JobNeeds.of(job)
 
 
 def usage(projection: Projection, *, exclude: str | None = None) -> dict[str, tuple[float, float]]:
@@ -166,12 +160,12 @@ def place_job(job: JobView, projection: Projection, online: list[NodeRow], *, ov
     return assign(wanted, available, needs)
 
 
-def lost_actors(job: JobView, offline: set[str]) -> list:
+def lost_actors(job: JobView, offline: set[str]) -> list[ActorView]:
     """Current actors on offline nodes that had not finished (an actor that exited ok is done)."""
     return [a for a in job.current_actors() if a.node in offline and a.state not in (ActorState.EXITED, ActorState.FAILED)]
 
 
-def replace_lost(job: JobView, projection: Projection, online: list[NodeRow], lost: list, *, overcommit: float = 1.0) -> list[Placement]:
+def replace_lost(job: JobView, projection: Projection, online: list[NodeRow], lost: list[ActorView], *, overcommit: float = 1.0) -> list[Placement]:
     """Generation + 1: the surviving actors keep their ids and nodes; the lost ones get new ids."""
     needs = JobNeeds.of(job)
     generation = job.generation + 1
