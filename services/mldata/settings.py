@@ -28,7 +28,7 @@ class MldataSettings(Settings):
     """Where loaders reach the node's mldata; default `grpc://127.0.0.1:<port>`."""
     mldata_compression: Literal["none", "snappy", "lz4", "zstd", "gzip"] = "none"
     """Parquet codec. `none`: sensor channels (noisy floats) shrank only ~6% with snappy here,
-    while snappy cost ~30% more CPU per put and per read (docs/benchmarks.md)."""
+    while writing took 25-50% longer with snappy (docs/benchmarks.md)."""
     mldata_flush_rows: int = Field(default=50_000, gt=0)
     """Ingestion flushes a tag's buffer into a partition once it holds this many readings ..."""
     mldata_flush_seconds: float = Field(default=10.0, gt=0)
