@@ -53,14 +53,33 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
 
 
-def classification_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    tp = float(np.sum((pred == 1) & (y == 1)))
-    fp = float(np.sum((pred == 1) & (y == 0)))
-    fn = float(np.sum((pred == 0) & (y == 1)))
+def pooled_scores(tp: float, fp: float, fn: float) -> dict[str, float]:
+    """Precision, recall and F1 from confusion counts (or from fractions of the examples)."""
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": float(np.mean(pred == y)) if len(y) else 0.0, "precision": precision, "recall": recall, "f1": f1}
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def classification_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Accuracy, precision, recall, F1, and the confusion counts as fractions of the examples.
+
+    Flower averages metrics weighted by examples: the mean of `tp_frac` over nodes is the
+    pooled share of true positives, so `pooled_scores(tp_frac, fp_frac, fn_frac)` of the
+    aggregated fractions gives the federation's pooled precision/recall/F1 (a weighted mean
+    of per-node F1 would not).
+    """
+    n = max(len(y), 1)
+    tp = float(np.sum((pred == 1) & (y == 1)))
+    fp = float(np.sum((pred == 1) & (y == 0)))
+    fn = float(np.sum((pred == 0) & (y == 1)))
+    return {
+        "accuracy": float(np.mean(pred == y)) if len(y) else 0.0,
+        **pooled_scores(tp, fp, fn),
+        "tp_frac": tp / n,
+        "fp_frac": fp / n,
+        "fn_frac": fn / n,
+    }
 
 
 class SensorModel(ModelManager):

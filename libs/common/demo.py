@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import time
@@ -118,9 +119,31 @@ def baseline(stack: Any, example: Path, spec: dict[str, Any], tag: str) -> dict[
     return model.centralized_baseline(tables, config, epochs=epochs)
 
 
-def report(console: Console, job: dict[str, Any], central: dict[str, float] | None) -> None:
+def find_mlflow_run(tracking_uri: str, experiment: str, job: str) -> tuple[str, str]:
+    """(run id, registered model version) of a job in MLflow: the run is named after the job id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return "", ""
+    runs = client.search_runs([found.experiment_id], filter_string=f"attributes.run_name = '{job}'", max_results=1)
+    if not runs:
+        return "", ""
+    run_id = runs[0].info.run_id
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    return run_id, str(versions[0].version) if versions else ""
+
+
+def report(console: Console, job: dict[str, Any], central: dict[str, float] | None, model_name: str) -> None:
     result = job.get("result") or {}
-    final = result.get("metrics") or (job.get("rounds") or [{}])[-1].get("metrics", {})
+    final = dict(result.get("metrics") or (job.get("rounds") or [{}])[-1].get("metrics", {}))
+    if all(f"eval_{k}_frac" in final for k in ("tp", "fp", "fn")):  # pooled over nodes, not a mean of F1s
+        tp, fp, fn = (final[f"eval_{k}_frac"] for k in ("tp", "fp", "fn"))
+        final["eval_precision"] = tp / (tp + fp) if tp + fp else 0.0
+        final["eval_recall"] = tp / (tp + fn) if tp + fn else 0.0
+        p, r = final["eval_precision"], final["eval_recall"]
+        final["eval_f1"] = 2 * p * r / (p + r) if p + r else 0.0
     names = ("accuracy", "precision", "recall", "f1", "loss")
     table = Table(title=f"{job.get('name')}: federated vs centralized (same readings, same model)")
     table.add_column("metric")
@@ -134,7 +157,7 @@ def report(console: Console, job: dict[str, Any], central: dict[str, float] | No
         table.add_row(name, "-" if fl is None else f"{fl:.4f}", "-" if base is None else f"{base:.4f}")
     console.print(table)
     console.print(f"rounds: {len(job.get('rounds') or [])}   MLflow run: [bold]{result.get('mlflow_run_id') or '-'}[/]   "
-                  f"registered model: [bold]{job.get('name')}[/] version [bold]{result.get('model_version') or '-'}[/]")
+                  f"registered model: [bold]{model_name}[/] version [bold]{result.get('model_version') or '-'}[/]")
 
 
 async def run_job(url: str, spec: dict[str, Any], spec_dir: Path, console: Console, timeout: float) -> dict[str, Any]:
@@ -149,6 +172,7 @@ async def run_job(url: str, spec: dict[str, Any], spec_dir: Path, console: Conso
 
 def demo(args: argparse.Namespace, console: Console) -> int:
     from ember.jobspec import load_spec_file
+    from ember.settings import Settings
     from ember.stack import Stack
 
     started = time.monotonic()
@@ -166,8 +190,14 @@ def demo(args: argparse.Namespace, console: Console) -> int:
         central = baseline(stack, example, spec, tag)
         console.rule(f"job {spec.get('name')}")
         job = asyncio.run(run_job(stack.url, spec, example, console, args.timeout))
+        result = job.setdefault("result", {}) or {}
+        if job.get("state") == "succeeded" and not (result.get("mlflow_run_id") and result.get("model_version")):
+            experiment = (spec.get("tracking") or {}).get("experiment") or spec["name"]
+            uri = Settings.from_env(dict(os.environ, EMBER_HOME=str(home))).resolved_mlflow_uri()
+            result["mlflow_run_id"], result["model_version"] = find_mlflow_run(uri, experiment, job["job"])
+            job["result"] = result
         console.rule("result")
-        report(console, job, central)
+        report(console, job, central, (spec.get("tracking") or {}).get("model_name") or spec["name"])
         ok = job.get("state") == "succeeded"
         if not ok:
             console.print(f"[red]job {job.get('job')} {job.get('state')}[/]: {job.get('reason', '')}")
