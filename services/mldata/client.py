@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from ember.errors import EmberError, from_reply
+from ember.errors import from_reply
 from ember.mldata.auth import bearer_headers
 from ember.mldata.errors import InvalidTag, NoDataError, PartitionNotFound, SchemaMismatch
 from ember.mldata.settings import MldataSettings
@@ -147,4 +147,4 @@ def load_table(
     return table
 
 
-__all__ = ["EmberError", "MldataClient", "NoDataError", "load_table"]
+__all__ = ["MldataClient", "NoDataError", "load_table"]

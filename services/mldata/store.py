@@ -13,15 +13,13 @@ catalogue is built at start-up from the partition footers and kept current on ev
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
-import queue
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,6 +29,7 @@ from ember.mldata import schema as schemas
 from ember.mldata.errors import PartitionNotFound, SchemaMismatch
 from ember.mldata.names import PARTITION_RE, TMP_PREFIX, check_tag, parse_partition, partition_name
 from ember.mldata.prefetch import prefetch
+from ember.mldata.sink import HashingSink, fsync_dir
 
 TS_COLUMN = "ts"
 
@@ -70,61 +69,6 @@ class TagStats:
             "first_ts": _jsonable(self.first_ts),
             "last_ts": _jsonable(self.last_ts),
         }
-
-
-class _HashingSink:
-    """A write-only file object for the Parquet writer: bytes go to `raw` and, through a
-    queue, to a SHA-256 in a helper thread, so hashing overlaps encoding (a second core).
-    The helper also starts writeback every `SYNC_EVERY` bytes, so the final fsync is short."""
-
-    SYNC_EVERY = 16 << 20
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.position = 0
-        self.closed = False
-        self._sha = hashlib.sha256()
-        self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._hasher = threading.Thread(target=self._hash, name="mldata-sha256", daemon=True)
-        self._hasher.start()
-
-    def _hash(self) -> None:
-        unsynced = 0
-        for chunk in iter(self._chunks.get, None):
-            self._sha.update(chunk)
-            unsynced += len(chunk)
-            if unsynced >= self.SYNC_EVERY:
-                unsynced = 0
-                try:
-                    os.fdatasync(self.raw.fileno())
-                except (OSError, ValueError):  # closed under us: the final fsync decides
-                    pass
-
-    def write(self, data: Any) -> int:
-        chunk = bytes(data)  # pyarrow hands over immutable bytes: no copy then
-        written = self.raw.write(chunk)
-        self._chunks.put(chunk)
-        self.position += written
-        return written
-
-    def tell(self) -> int:
-        return self.position
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-    def close(self) -> None:
-        self.closed = True
-
-    def hexdigest(self) -> str:
-        """Wait for the hasher; call once, after the writer is closed."""
-        self._chunks.put(None)
-        self._hasher.join()
-        return self._sha.hexdigest()
-
-    def abandon(self) -> None:
-        if self._hasher.is_alive():
-            self._chunks.put(None)
 
 
 class PartitionStore:
@@ -231,10 +175,10 @@ class PartitionStore:
         check_tag(tag)
         self.check_schema(tag, schema)
         tmp = self.root / f"{TMP_PREFIX}{tag}.{uuid.uuid4().hex}"
-        sink: _HashingSink | None = None
+        sink: HashingSink | None = None
         try:
             with open(tmp, "wb") as raw:
-                sink = _HashingSink(raw)
+                sink = HashingSink(raw)
                 rows = self._write_parquet(sink, schema, batches)
                 raw.flush()
                 os.fsync(raw.fileno())
@@ -270,13 +214,13 @@ class PartitionStore:
                 if not any(p.tag == part.tag for p in self._parts.values()):
                     self._schemas.pop(part.tag, None)
             if doomed:
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
         if doomed:
             self._changed()
         return [p.name for p in doomed]
 
     # Internals ----------------------------------------------------------------------------
-    def _write_parquet(self, sink: _HashingSink, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+    def _write_parquet(self, sink: HashingSink, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
         """Group incoming batches into large row groups (small ones make slow, big files)."""
         rows = 0
         pending: list[pa.RecordBatch] = []
@@ -307,7 +251,7 @@ class PartitionStore:
                 # A concurrent first put fixed the schema after our early check.
                 raise SchemaMismatch(schemas.describe_diff(part.tag, differences), details=differences)
             os.rename(tmp, self.root / part.name)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             self._parts[part.name] = part
             self._schemas[part.tag] = part.schema if ref is None else schemas.merge(ref, part.schema)
         self._changed()
@@ -361,11 +305,3 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
