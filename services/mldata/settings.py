@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from ember.errors import Unavailable
 from ember.settings import Settings
 
 TOKEN_FILE = "_token"
@@ -56,7 +57,7 @@ class MldataSettings(Settings):
             return path.read_text().strip()
         except FileNotFoundError:
             if not create:
-                raise
+                raise Unavailable(f"no mldata token: set EMBER_MLDATA_TOKEN (or start mldata once to create {path})") from None
         path.parent.mkdir(parents=True, exist_ok=True)
         token = secrets.token_urlsafe(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
