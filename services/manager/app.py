@@ -37,6 +37,7 @@ class ManagerService:
         self.bus: Bus | None = None
         self.manager: Manager | None = None
         self._loops: asyncio.Task[None] | None = None
+        self._children: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._closed = False
 
@@ -76,7 +77,19 @@ class ManagerService:
     async def _run(self) -> None:
         assert self.manager is not None
         async with asyncio.TaskGroup() as group:
-            group.create_task(self.manager.follower.run(), name="manager:follower")
+            self._children.append(group.create_task(self.manager.follower.run(), name="manager:follower"))
+
+    async def _stop_loops(self) -> None:
+        """Cancel the loops until they are done. Python 3.11's `asyncio.wait_for` can swallow a
+        cancellation that lands as its inner await completes, so one `cancel()` is not enough."""
+        while self._loops is not None and not self._loops.done():
+            for task in (*self._children, self._loops):
+                if not task.done():
+                    task.cancel()
+            await asyncio.wait({self._loops}, timeout=0.5)
+        if self._loops is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loops
 
     def _loops_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._closed:
@@ -102,10 +115,7 @@ class ManagerService:
             await asyncio.wait_for(self.gate.idle.wait(), self.settings.manager_grace)
         except TimeoutError:
             log.warning("manager.grace_expired", in_flight=self.gate.in_flight)
-        if self._loops is not None:
-            self._loops.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._loops
+        await self._stop_loops()
         if self.bus is not None:
             await self.bus.shutdown()
         if self.eventlog is not None:
@@ -115,10 +125,11 @@ class ManagerService:
 
 async def serve(settings: ManagerSettings) -> None:
     """Run the manager until SIGTERM or SIGINT; re-raises a loop's fatal error after shutdown."""
-    async with ManagerService(settings) as service:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.request_stop)
+    service = ManagerService(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before starting: a SIGTERM during start-up stops cleanly
+        loop.add_signal_handler(sig, service.request_stop)
+    async with service:
         await service.wait_stopped()
     if service.fatal is not None:
         raise service.fatal
