@@ -31,6 +31,7 @@ async def run(settings: object) -> int:
     """Run one aggregator with `ActorSettings`; returns the process exit code."""
     from ember.bus import Bus
     from ember.fl.aggregator import Aggregator
+    from ember.fl.learner import SESSION_EXPIRY
     from ember.fl.settings import ActorSettings
 
     assert isinstance(settings, ActorSettings)
@@ -43,7 +44,15 @@ async def run(settings: object) -> int:
         log.error("aggregator.failed", reason=f"bad configuration: {exc}"[:1000])
         return EXIT_CONFIG
     actor = settings.actor_id
-    bus = Bus(settings.resolved_mqtt_url(), client_id=actor, root=settings.topic_root, source=actor, keepalive=settings.keepalive)
+    bus = Bus(
+        settings.resolved_mqtt_url(),
+        client_id=actor,
+        root=settings.topic_root,
+        source=actor,
+        keepalive=settings.keepalive,
+        persistent=True,  # replies sent during a short disconnect are queued, not lost
+        session_expiry=SESSION_EXPIRY,
+    )
     aggregator = Aggregator(
         bus, spec, job=settings.job_id, actor=actor, learners=settings.learner_ids(), code_dir=code_dir or None, tracking_uri=settings.tracking_uri()
     )

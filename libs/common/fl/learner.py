@@ -25,6 +25,8 @@ from ember.fl.serde import Reassembler, chunk_message, decode_frame, signal
 from ember.log import get_logger
 
 ClientAppLike = Callable[[Message, Context], Message]
+SESSION_EXPIRY = 120
+"""Seconds the broker keeps an actor's MQTT session (and queues its messages) after a disconnect."""
 
 
 def up_topic(root: str, job: str, actor: str) -> str:
@@ -147,6 +149,16 @@ def learner_bus(url: str, *, root: str, job: str, actor: str, keepalive: int = 5
         if endpoint is not None:
             await endpoint.on_reconnect(bus)
 
-    bus = Bus(url, client_id=actor, root=root, source=actor, keepalive=keepalive, will=learner_will(root, job, actor), on_connect=reconnected)
+    bus = Bus(
+        url,
+        client_id=actor,
+        root=root,
+        source=actor,
+        keepalive=keepalive,
+        will=learner_will(root, job, actor),
+        on_connect=reconnected,
+        persistent=True,  # a short disconnect loses no message: the broker queues them
+        session_expiry=SESSION_EXPIRY,
+    )
     endpoint = LearnerEndpoint(bus, job=job, actor=actor)
     return bus, endpoint

@@ -21,7 +21,7 @@ from ember.bus import Bus
 from ember.fl.aggregator import Aggregator, AggregatorResult
 from ember.fl.clientapp import prepare_client
 from ember.fl.grid import node_id_for
-from ember.fl.learner import learner_bus
+from ember.fl.learner import SESSION_EXPIRY, learner_bus
 from ember.jobspec import JobSpec, validate_spec
 from ember.log import get_logger
 
@@ -43,7 +43,7 @@ async def run_local(
     job = job or f"{spec.name}-{uuid.uuid4().hex[:8]}"
     learners = [f"{job}-learner-{index}" for index in range(len(tables))]
     actor = f"{job}-aggregator"
-    bus = Bus(mqtt_url, client_id=actor, root=root, source=actor)
+    bus = Bus(mqtt_url, client_id=actor, root=root, source=actor, persistent=True, session_expiry=SESSION_EXPIRY)
     aggregator = Aggregator(bus, spec, job=job, actor=actor, learners=learners, code_dir=code_dir, tracking_uri=tracking_uri)
     async with bus, asyncio.TaskGroup() as tg:
         for index, table in enumerate(tables):
