@@ -63,6 +63,15 @@ def test_ingestor_buffers_by_size_and_age_and_counts_malformed(tmp_path: Path) -
         assert store.schema_of("t") == pa.schema([("ts", pa.int64()), ("v", pa.float64())])
 
 
+def test_ingestor_keeps_only_its_own_nodes_readings(tmp_path: Path) -> None:
+    with PartitionStore(tmp_path / "d") as store:
+        ingestor = Ingestor(store, flush_rows=100, node="edge-a")
+        ingestor.accept("t", envelope([{"ts": 1, "node": "edge-a"}, {"ts": 2, "node": "edge-b"}, {"ts": 3}]))
+        [batch] = ingestor.take_all()
+        assert [r["ts"] for r in batch.rows] == [1, 3]
+        assert ingestor.stats()["readings_other_node"] == 1 and ingestor.stats()["malformed"] == 0
+
+
 def test_flush_casts_to_the_tag_schema_and_drops_unfit_readings(tmp_path: Path) -> None:
     with PartitionStore(tmp_path / "d") as store:
         store.write_table("t", pa.table({"ts": pa.array([1], pa.int64()), "v": [1.0], "label": pa.array([None], pa.null())}))
@@ -127,7 +136,7 @@ async def test_100k_readings_over_mqtt_all_land_after_clean_shutdown(mqtt_broker
 async def test_restart_receives_readings_queued_in_its_persistent_session(mqtt_broker: Broker, tmp_path: Path) -> None:
     tag = f"queued-{uuid.uuid4().hex[:6]}"
     rows = readings_of(generate_table("edge-b", devices=2, seconds=1_000, rate_hz=1.0, seed=5))
-    settings = settings_for(tmp_path, mqtt_broker, mldata_flush_seconds=0.2)
+    settings = settings_for(tmp_path, mqtt_broker, mldata_flush_seconds=0.2, node_id="edge-b")
     async with MldataService(settings) as service:
         await service.wait_ingesting()
         async with MqttPublisher(mqtt_broker.host, mqtt_broker.port, tag) as publisher:

@@ -43,7 +43,9 @@ class MldataService:
             compression=settings.mldata_compression,
             on_change=lambda store: write_summary(store, self.node),
         )
-        self.ingestor = Ingestor(self.store, flush_rows=settings.mldata_flush_rows, flush_seconds=settings.mldata_flush_seconds)
+        self.ingestor = Ingestor(
+            self.store, flush_rows=settings.mldata_flush_rows, flush_seconds=settings.mldata_flush_seconds, node=self.node
+        )
         self.server: MldataFlightServer | None = None
         self.bus: Bus | None = None
         self.fatal: BaseException | None = None

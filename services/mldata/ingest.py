@@ -7,6 +7,10 @@ string, bool, null) with a `ts`: integer nanoseconds since the Unix epoch (as th
 devices send), or an ISO 8601 string, which is converted to that. A reading that breaks these
 rules is dropped and counted; a message that is not a valid envelope is dropped and counted.
 
+Node: the topic has no node level, so on a broker shared by several nodes every mldata sees
+every reading. A reading whose `node` field names another node is skipped (counted as
+`readings_other_node`, not malformed); a reading without `node` is kept.
+
 Column types: a tag that already has partitions imposes its schema (values are cast to it;
 a value that cannot be cast drops its reading, counted; unknown fields are dropped, counted).
 Otherwise the first flush infers them (int -> int64, float or int/float mix -> float64,
@@ -89,9 +93,11 @@ class Ingestor:
         *,
         flush_rows: int = 50_000,
         flush_seconds: float = 10.0,
+        node: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self.node = node
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.clock = clock
@@ -117,18 +123,22 @@ class Ingestor:
         if buffer is None:
             buffer = self._buffers[tag] = []
             self._since[tag] = self.clock()
-        bad = 0
+        bad = elsewhere = 0
         for reading in readings:
             good, reason = check_reading(reading)
             if good is None:
                 bad += 1
                 if bad == 1:
                     log.warning("reading_dropped", tag=tag, reason=reason, message=envelope.id)
+            elif self.node is not None and good.get("node", self.node) != self.node:
+                elsewhere += 1  # another node's reading on a shared broker: not ours to keep
             else:
                 buffer.append(good)
-        self.counters["readings"] += len(readings) - bad
+        self.counters["readings"] += len(readings) - bad - elsewhere
         if bad:
             self.counters["readings_malformed"] += bad
+        if elsewhere:
+            self.counters["readings_other_node"] += elsewhere
         return self.take(tag) if len(buffer) >= self.flush_rows else None
 
     def _malformed_message(self, tag: str, reason: str) -> None:
