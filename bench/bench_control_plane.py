@@ -28,11 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+
 from ember import topics
-from ember.bus import Bus, Message
+from ember.bus import NODELAY, Bus, Message
 from ember.eventlog import open_eventlog
 from ember.events import JobRunning, NodeInfo, NodeStatus, Role
 from ember.follower import append_and_publish
+from ember.settings import parse_mqtt_url
 from ember.stack import Stack
 from ember.testing import private_broker
 
@@ -147,24 +150,32 @@ def bench_append(n: int) -> dict[str, Any]:
 # --- 3. desired-state fan-out ---------------------------------------------------------------------
 
 
+async def _simulated_flamelets(url: str, names: list[str], receipts: dict[str, dict[str, float]], ready: asyncio.Event) -> None:
+    """One MQTT connection standing in for `names`' flamelets: subscribes to each node's desired
+    topic and records when a desired state naming a job first arrives (no envelope validation:
+    the figure is the delivery, which a real flamelet does for its one node on its own core)."""
+    host, port = parse_mqtt_url(url)
+    client = aiomqtt.Client(host, port, protocol=aiomqtt.ProtocolVersion.V5, socket_options=NODELAY, max_queued_incoming_messages=0)
+    async with client:
+        await client.subscribe([(topics.NODE_DESIRED.format("ember/v1", node=n), 1) for n in names])
+        ready.set()
+        async for message in client.messages:
+            now = time.time()
+            node = message.topic.value.split("/")[-2]
+            for actor in json.loads(message.payload).get("data", {}).get("actors") or []:
+                receipts.setdefault(actor["job"], {}).setdefault(node, now)
+
+
 async def _fanout(url: str, nodes: int, trials: int, connections: int) -> dict[str, Any]:
     names = [f"sim-{i:04d}" for i in range(1, nodes + 1)]
     receipts: dict[str, dict[str, float]] = {}  # job -> node -> receipt time of a desired state naming it
-    sims = [Bus(url, client_id=f"bench-sim-{c}") for c in range(connections)]
-
-    async def on_desired(message: Message) -> None:
-        now = time.time()
-        for actor in (message.envelope.data.get("actors") or []) if message.envelope else []:
-            receipts.setdefault(actor["job"], {}).setdefault(message.params["node"], now)
-
-    for c, bus in enumerate(sims):
-        for name in names[c::connections]:
-            bus.subscribe(topics.NODE_DESIRED, on_desired, node=name)
-    for bus in sims:
-        await bus.start()
+    readies = [asyncio.Event() for _ in range(connections)]
+    sims = [asyncio.create_task(_simulated_flamelets(url, names[c::connections], receipts, readies[c])) for c in range(connections)]
     try:
-        for c, bus in enumerate(sims):
-            for name in names[c::connections]:
+        for ready in readies:
+            await asyncio.wait_for(ready.wait(), 30)
+        async with Bus(url, source="bench-sim") as bus:
+            for name in names:
                 info = NodeInfo(node=name, cpus=1, memory_mb=2048, capabilities=[Role.AGGREGATOR, Role.LEARNER])
                 await bus.publish(topics.NODE_INFO.format(bus.root, node=name), bus.envelope("NodeInfo", info.model_dump(mode="json")), retain=True)
                 status = NodeStatus(node=name, status="online")
@@ -194,13 +205,44 @@ async def _fanout(url: str, nodes: int, trials: int, connections: int) -> dict[s
                 await bus.request("jobs.cancel", {"job": job}, timeout=30)
                 await events.wait(job, TERMINAL)
                 await asyncio.sleep(1.0)  # let the cleared desired states drain before the next trial
+            baseline = {c: await _bus_fanout(url, names, receipts, c, trials) for c in (1, 100)}
     finally:
-        for bus in sims:
-            await bus.shutdown()
+        for task in sims:
+            task.cancel()
+        await asyncio.gather(*sims, return_exceptions=True)
     ms = lambda xs: round(statistics.median(xs[1:]) * 1000, 1)  # noqa: E731 (first trial is a warm-up)
     return {"nodes": nodes, "connections": connections, "trials": trials, "nodes_placed": placed_counts[-1],
             "per_node_p50_ms": ms(p50s), "per_node_p99_ms": ms(p99s), "last_receipt_ms_median": ms(lasts),
-            "last_receipt_ms_max": round(max(lasts[1:]) * 1000, 1)}
+            "last_receipt_ms_max": round(max(lasts[1:]) * 1000, 1),
+            "bus_only_last_receipt_ms": {f"in_flight_{c}": v for c, v in baseline.items()}}
+
+
+async def _bus_fanout(url: str, names: list[str], receipts: dict[str, dict[str, float]], in_flight: int, trials: int) -> float:
+    """Baseline without the notifier: one connection publishes every node's retained desired state
+    (one actor each, as the notifier would) with `in_flight` unacknowledged publishes; median over
+    `trials` of the time from the first publish to the last node's receipt, in ms."""
+    artifact = {"kind": "venv", "key": "0" * 64, "python": sys.executable, "code_dir": str(Path.cwd())}
+    lasts = []
+    async with Bus(url) as bus:
+        for trial in range(trials):
+            job = f"baseline-{in_flight}-{trial}"
+            gate = asyncio.Semaphore(in_flight)
+
+            async def send(i: int, name: str) -> None:
+                spec = {"actor": f"{job}-{i}", "job": job, "role": "learner", "module": "ember.actors.probe",
+                        "args": ["--seconds", "60"], "env": {"EMBER_JOB_ID": job}, "artifact": artifact}
+                env = bus.envelope("DesiredState", {"node": name, "revision": trial + 1, "actors": [spec]}, subject=name)
+                async with gate:
+                    await bus.publish(topics.NODE_DESIRED.format(bus.root, node=name), env, retain=True)
+
+            t0 = time.time()
+            async with asyncio.TaskGroup() as tg:
+                for i, name in enumerate(names):
+                    tg.create_task(send(i, name))
+            while len(receipts.get(job, {})) < len(names):
+                await asyncio.sleep(0.01)
+            lasts.append(max(receipts[job].values()) - t0)
+    return round(statistics.median(lasts) * 1000, 1)
 
 
 def bench_fanout(nodes: int, trials: int, connections: int) -> dict[str, Any]:
