@@ -145,6 +145,8 @@ async def test_service_builds_submitted_jobs_caches_and_fails_clearly(mqtt_broke
             await submit("broken-1", spec([MISSING], path="project"))
             failed = await assert_eventually(lambda: done("broken-1"), timeout=60)
             await assert_eventually(lambda: service.builder.projection.jobs["broken-1"].state == "failed")
+            await submit("docker-1", {**spec(path="project"), "runtime": "docker"})
+            unsupported = await assert_eventually(lambda: done("docker-1"), timeout=60)
             jobs = service.builder.projection.jobs
             assert [t.state.value for t in jobs["sensor-1"].transitions] == ["submitted", "building", "placing"]
 
@@ -155,6 +157,7 @@ async def test_service_builds_submitted_jobs_caches_and_fails_clearly(mqtt_broke
         terminal = await eventlog.get(fact_id("broken-1", "terminal"))
         assert terminal.type == "JobFailed" and MISSING in terminal.envelope.data["reason"]
         assert jobs["broken-1"].reason.startswith("build failed: pip install failed")
+        assert unsupported.type == "BuildFailed" and "'process' runtime only" in unsupported.envelope.data["reason"]
         assert await eventlog.get(fact_id("cancelled-1", "build-started")) is None  # a cancelled job is left alone
         assert [e.type for e in await eventlog.read(subject="sensor-1")] == ["JobSubmitted", "BuildStarted", "BuildSucceeded"]
 

@@ -96,6 +96,8 @@ class Builder:
         failure: BuildError | None = None
         try:
             spec = JobSpec.model_validate(view.spec)
+            if spec.runtime != "process":
+                raise BuildError(f"runtime {spec.runtime!r}: this builder makes venv artifacts for the 'process' runtime only")
             bound.info("build.started", code=spec.code.path or spec.code.git or "(none)")
             artifact = await asyncio.to_thread(build, spec, view.spec_dir, self.root, run, pip_args=self.pip_args, timeout=self.timeout)
         except BuildError as exc:
