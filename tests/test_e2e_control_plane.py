@@ -290,3 +290,36 @@ def test_malformed_payloads_on_every_subscribed_topic_are_dropped_and_counted(st
     job_id = re.search(r"(probe-after-junk-[0-9a-f]{8})", result.stdout).group(1)
     logs = cli("job", "logs", job_id)
     assert logs.exit_code == 0 and "probe:" in logs.stdout, logs.output
+
+
+# --- data on the nodes ---------------------------------------------------------------------------
+
+
+def test_data_push_ls_drop_and_mock_devices_reach_the_nodes_mldata(stack: Stack, cli, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "readings.parquet"
+    pq.write_table(pa.table({"ts": list(range(100)), "value": [float(i) for i in range(100)]}), path)
+    assert cli("data", "push", str(path), "--tag", "cli-push").exit_code == 2  # 3 nodes: which one?
+    result = cli("data", "push", str(path), "--tag", "cli-push", "--node", "node-3")
+    assert result.exit_code == 0, result.output
+    mock = cli("devices", "mock", "--node", "node-2", "--transport", "flight", "--rate", "0", "--duration", "2",
+               "--devices", "2", "--tag", "cli-mock")
+    assert mock.exit_code == 0, mock.output
+
+    def tags() -> dict[tuple[str, str], int]:
+        rows = json.loads(cli("data", "ls", "--json").stdout)
+        return {(r["node"], r["tag"]): r["rows"] for r in rows}
+
+    found = tags()
+    assert found[("node-3", "cli-push")] == 100 and ("node-2", "cli-mock") in found
+    assert ("node-1", "cli-push") not in found  # data stays on the node it was sent to
+
+    def announced() -> bool:  # the flamelet puts the node's data tags into its node info
+        nodes = {n["node"]: n for n in json.loads(cli("node", "list", "--json").stdout)}
+        return nodes["node-3"]["info"]["data"].get("cli-push") == 100
+
+    wait_until(announced, timeout=15, interval=0.3, message="node-3 never announced its data tag")
+    assert cli("data", "drop", "--tag", "cli-push", "--node", "node-3").exit_code == 0
+    assert ("node-3", "cli-push") not in tags()

@@ -267,8 +267,9 @@ class Stack:
         fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump({"node": node, "url": f"grpc://127.0.0.1:{port}", "token": token, "data_dir": str(data_dir)}, fh)
-        argv = [sys.executable, "-m", "ember.mldata", "--port", str(port), "--data-dir", str(data_dir), "--token", token, "--node", node]
-        self._add(f"mldata-{index}", argv, dict(env, EMBER_NODE_ID=node), group=2)
+        argv = [sys.executable, "-m", "ember.mldata", "--port", str(port), "--data-dir", str(data_dir), "--node", node]
+        # the token travels in the environment: not visible in `ps`, and never parsed as an option
+        self._add(f"mldata-{index}", argv, dict(env, EMBER_NODE_ID=node, EMBER_MLDATA_TOKEN=token), group=2)
         return port, token
 
     def _add(self, name: str, argv: list[str], env: dict[str, str], *, group: int) -> Proc:
