@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ember.bus import Bus
-from ember.errors import Conflict, Unavailable
+from ember.errors import Conflict, InvalidRequest, Unavailable
 from ember.eventlog.base import EventLog, StoredEvent
 from ember.events import ActorReport, Event, NodeInfo, NodeStatus, RoundCompleted
 from ember.follower import LogFollower, append_and_publish
@@ -53,7 +53,11 @@ class Manager:
 
     # --- requests --------------------------------------------------------------------------
     async def submit(self, request: jobs.SubmitRequest, request_id: str) -> dict[str, Any]:
-        job, event_id, event = jobs.submitted(request, request_id)
+        try:
+            job, event_id, event = jobs.submitted(request, request_id)
+        except InvalidRequest as exc:
+            log.info("job.rejected", request=request_id, code=exc.code, details=exc.details)
+            raise
         stored = await self.append(event_id, job, event)
         log.info("job.submitted", job=job, duplicate=stored.duplicate, seq=stored.seq)
         return {"job": job, "state": "submitted"}
