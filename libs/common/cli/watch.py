@@ -24,7 +24,9 @@ from ember.errors import RequestTimeout, Unavailable
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-async def follow_job(bus: Bus, job: str, console: Console, *, timeout: float | None = None, refresh: float = 1.0) -> dict[str, Any]:
+async def follow_job(
+    bus: Bus, job: str, console: Console, *, timeout: float | None = None, refresh: float = 1.0, settle: float = 3.0
+) -> dict[str, Any]:
     """Render `job` as it changes until it is terminal (or `timeout` s pass); return its summary."""
     wake = asyncio.Event()
 
@@ -41,6 +43,7 @@ async def follow_job(bus: Bus, job: str, console: Console, *, timeout: float | N
     printed = 0
     summary: dict[str, Any] | None = None
     waiting_note = False
+    ended_at: float | None = None
     with live if live is not None else contextlib.nullcontext():
         while True:
             wake.clear()
@@ -58,13 +61,23 @@ async def follow_job(bus: Bus, job: str, console: Console, *, timeout: float | N
                 else:
                     printed = _print_new(console, summary, printed)
                 if summary["state"] in TERMINAL:
-                    return summary
+                    # the job ends with its aggregator; give the learners' last reports a moment
+                    ended_at = ended_at if ended_at is not None else loop.time()
+                    if _actors_settled(summary) or loop.time() - ended_at >= settle:
+                        return summary
             if deadline is not None and loop.time() >= deadline:
                 if summary is None:
                     raise RequestTimeout(f"no manager answered about job {job}")
                 return summary
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), refresh)
+
+
+def _actors_settled(summary: dict[str, Any]) -> bool:
+    """Every actor of the latest generation has stopped (or there are none)."""
+    actors = summary.get("actors", [])
+    generation = max((a.get("generation", 0) for a in actors), default=0)
+    return all(a["state"] in ("exited", "failed", "lost") for a in actors if a.get("generation", 0) == generation)
 
 
 def _print_new(console: Console, summary: dict[str, Any], printed: int) -> int:
