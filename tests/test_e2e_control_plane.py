@@ -258,11 +258,10 @@ MISSING_FIELDS = b'{"id": "y", "type": "Anything", "data": {"unexpected": 1}, "v
 def test_malformed_payloads_on_every_subscribed_topic_are_dropped_and_counted(stack: Stack, cli, tmp_path: Path) -> None:
     # topic -> (processes subscribed to it, text their drop log line carries)
     targets = {
-        "req/jobs.submit": (["manager"], "req/jobs.submit"),
-        "req/nodes.list": (["manager"], "req/nodes.list"),
+        **{f"req/{a}": (["manager"], f"req/{a}") for a in ("jobs.submit", "jobs.cancel", "jobs.get", "jobs.list", "nodes.list")},
         "events/job/JobSubmitted": (["manager", "builder", "notifier"], "events/job/JobSubmitted"),
-        "nodes/node-9/info": (["manager"], "nodes/node-9/info"),
-        "nodes/node-9/status": (["manager"], "nodes/node-9/status"),
+        "nodes/node-9/info": (["manager", "notifier"], "nodes/node-9/info"),
+        "nodes/node-9/status": (["manager", "notifier"], "nodes/node-9/status"),
         "nodes/node-9/actors/a1/state": (["manager"], "nodes/node-9/actors/a1/state"),
         "jobs/j1/progress": (["manager"], "jobs/j1/progress"),
         "nodes/node-1/desired": (["node-1"], "nodes/node-1/desired"),
@@ -285,6 +284,10 @@ def test_malformed_payloads_on_every_subscribed_topic_are_dropped_and_counted(st
         for process in processes:
             wait_until(lambda: drop_logged(process, marker), timeout=10, message=f"{process} logged no drop for {topic}")
     assert stack.exited() == {}  # nobody died ...
+    stack.restart("manager")  # a clean stop logs the manager's counters
+    stopped = [json.loads(line) for line in stack.log_path("manager").read_text().splitlines() if '"manager.stopped"' in line]
+    assert stopped and stopped[-1].get("dropped_invalid", 0) >= 5 * 5, stopped[-1:]
+    stack.wait_ready(60)
     result = cli("job", "submit", str(job_file(tmp_path, "probe-after-junk", "seconds: 0.2")), "--wait")
     assert result.exit_code == 0, result.output  # ... and everyone still serves
     job_id = re.search(r"(probe-after-junk-[0-9a-f]{8})", result.stdout).group(1)
