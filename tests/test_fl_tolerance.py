@@ -6,6 +6,7 @@ a real mldata Flight server; a learner is killed with SIGKILL mid-job.
 """
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -70,9 +71,10 @@ class Job:
         err = open(self.tmp / f"{actor}.err", "wb")
         self.procs[actor] = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out, stderr=err)
 
-    def start_learner(self, index: int) -> None:
+    def start_learner(self, index: int, *, data: bool = True) -> None:
         store = PartitionStore(self.tmp / f"data{index}").open()
-        store.write_table("tiny", make_table(100, seed=index))
+        if data:
+            store.write_table("tiny", make_table(100, seed=index))
         server = MldataFlightServer(store, location="grpc://127.0.0.1:0", token=TOKEN)
         self.servers.append((store, server))
         env = self.env(self.learners[index], f"node{index}", EMBER_MLDATA_URL=f"grpc://127.0.0.1:{server.port}", EMBER_MLDATA_TOKEN=TOKEN)
@@ -174,3 +176,15 @@ def test_minimum_not_reached_within_the_round_timeout(make_job):
     last = json.loads(job.output("aggregator")[-1])
     assert last["event"] == "aggregator.failed"
     assert last["reason"] == "only 1 learners ready after 3s, minimum 2"
+
+
+def test_a_learner_without_data_fails_the_job_at_once_with_its_reason(make_job):
+    job = make_job(count=2, minimum=2, rounds=2, round_timeout=300, fit_seconds=0)
+    job.start_learner(0)
+    job.start_learner(1, data=False)
+    job.start_aggregator()
+    assert job.wait(job.learners[1]) == 1  # NoDataError, told to the aggregator as `gone`
+    assert job.wait("aggregator") == 1  # without waiting for the 300 s round timeout
+    reason = json.loads(job.output("aggregator")[-1])["reason"]
+    assert re.match(r"only [01] learners ready \(the others are gone\), minimum 2 \[", reason), reason
+    assert f"{job.learners[1]}: NoDataError: no data for tags ['tiny']" in reason

@@ -167,6 +167,10 @@ class MqttGrid(Grid):
         deadline = loop.time() + timeout
         settle: float | None = None
         while len(self.live()) < len(self.learners):
+            if self._closed:
+                raise GridClosed(self._closed)
+            if len(self.learners) - len(self._gone) < self.minimum:
+                break  # too many said they are gone: the minimum cannot be reached
             now = loop.time()
             if settle is None and len(self.live()) >= self.minimum:
                 settle = now + grace  # enough to start: give the others a short grace
@@ -179,7 +183,9 @@ class MqttGrid(Grid):
                 pass
         live = self.live()
         if len(live) < self.minimum:
-            raise TooFewLearners(f"only {len(live)} learners ready after {timeout:g}s, minimum {self.minimum}")
+            gone = "; ".join(f"{actor}: {reason}" for actor, reason in sorted(self._gone.items()))
+            waited = f"after {timeout:g}s" if len(self.learners) - len(self._gone) >= self.minimum else "(the others are gone)"
+            raise TooFewLearners(f"only {len(live)} learners ready {waited}, minimum {self.minimum}" + (f" [{gone}]"[:1200] if gone else ""))
         self._armed = True
         return live
 

@@ -5,7 +5,9 @@ message to a Flower `ClientApp` in a worker thread (one at a time, in arrival or
 publishes the reply on its `up` topic. It announces `ready` when told the app is prepared
 (and again on every `ping` and reconnect), and finishes when the aggregator sends `done`.
 The bus carrying it must be created with `will=learner_will(...)`, so a learner that dies is
-reported `gone` by the broker.
+reported `gone` by the broker. `ready` and `gone` are retained (the learner's latest status,
+like a node's status), so an aggregator that subscribes late still learns it; a clean exit
+clears it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def up_topic(root: str, job: str, actor: str) -> str:
 
 def learner_will(root: str, job: str, actor: str) -> tuple[str, bytes, bool]:
     """The Last Will a learner's bus must carry: `gone` on its up topic."""
-    return up_topic(root, job, actor), signal("gone", reason="connection lost"), False
+    return up_topic(root, job, actor), signal("gone", reason="connection lost"), True
 
 
 class LearnerEndpoint:
@@ -61,17 +63,21 @@ class LearnerEndpoint:
     async def announce(self, app: ClientAppLike, context: Context) -> None:
         """The app is prepared (data loaded): answer messages from now on and say so."""
         self._app, self._context = app, context
-        await self.bus.publish(self._up, signal("ready"))
+        await self.bus.publish(self._up, signal("ready"), retain=True)
         self.log.info("learner.ready")
 
     async def on_reconnect(self, bus: Bus) -> None:
         """Pass as the bus's `on_connect`: after a reconnect the aggregator saw us `gone`."""
         if self.ready:
-            await bus.publish(self._up, signal("ready"))
+            await bus.publish(self._up, signal("ready"), retain=True)
 
     async def fail(self, reason: str) -> None:
         """Tell the aggregator this learner stops (e.g. its data could not be loaded)."""
-        await self.bus.publish(self._up, signal("gone", reason=reason[:500]))
+        await self.bus.publish(self._up, signal("gone", reason=reason[:500]), retain=True)
+
+    async def clear(self) -> None:
+        """Remove this learner's retained status (a clean exit after `done`)."""
+        await self.bus.publish(self._up, b"", retain=True)
 
     async def run(self, prepare: Callable[[], tuple[ClientAppLike, Context]]) -> bool | None:
         """Prepare the app in a thread (load data), announce, serve until `done`.
@@ -93,6 +99,7 @@ class LearnerEndpoint:
             worker = tg.create_task(self._work())
             await self.done.wait()
             worker.cancel()
+        await self.clear()
         return self.done_ok
 
     async def _on_down(self, message: BusMessage) -> None:

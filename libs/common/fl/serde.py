@@ -15,9 +15,10 @@ The header is a JSON object whose `k` (kind) is one of:
   `t` transfer id (hex, unique per message), `i` chunk index (0-based), `n` chunk count,
   `size` total bytes; on replies also `re`, the id of the message answered. Bodies are at
   most `CHUNK_BYTES` (512 KiB); the receiver joins chunks by index, in any order.
-- `ready` (learner -> aggregator): the learner loaded its data and answers messages.
-- `gone` (learner -> aggregator): the learner stopped; its MQTT Last Will carries this
-  frame, so a learner that dies is seen within the keepalive. `reason` may say why.
+- `ready` (learner -> aggregator, retained): the learner loaded its data and answers messages.
+- `gone` (learner -> aggregator, retained): the learner stopped; its MQTT Last Will carries
+  this frame, so a learner that dies is seen within the keepalive. `reason` may say why.
+  An empty retained payload clears the status (a learner's clean exit).
 - `ping` (aggregator -> learner): "announce yourself again if you are ready".
 - `done` (aggregator -> learner): training is over (`ok` true/false); the learner exits.
 """
