@@ -149,7 +149,9 @@ async def test_learner_killed_mid_job_with_enough_left_the_job_succeeds(make_job
     assert any(victim in r["failed"] for r in rounds), "the round the learner died in lists it as failed"
 
 
-async def test_below_minimum_the_aggregator_fails_with_the_reason(make_job, mqtt_broker):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "terminated"])
+async def test_below_minimum_the_aggregator_fails_with_the_reason(make_job, mqtt_broker, sig):
+    """A killed learner is reported by its Last Will; a terminated one says `gone` itself."""
     job = make_job(count=2, minimum=2, rounds=20, round_timeout=30, fit_seconds=0.3)
     seen: list = []
     bus = await watch_progress(mqtt_broker.url, job.job, seen)
@@ -158,8 +160,10 @@ async def test_below_minimum_the_aggregator_fails_with_the_reason(make_job, mqtt
             job.start_learner(index)
         job.start_aggregator()
         await assert_eventually(lambda: any(e.type == "RoundCompleted" for e in seen), timeout=60)
-        job.procs[job.learners[1]].send_signal(signal.SIGKILL)
+        job.procs[job.learners[1]].send_signal(sig)
         assert job.wait("aggregator") == 1
+        if sig == signal.SIGTERM:
+            assert job.wait(job.learners[1]) == 128 + signal.SIGTERM
         last = json.loads(job.output("aggregator")[-1])
         assert last["event"] == "aggregator.failed" and last["reason"] == "only 1 learners left, minimum 2"
         assert not [line for line in job.output("aggregator", "out") if line.startswith("EMBER_RESULT")]

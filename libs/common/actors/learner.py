@@ -70,7 +70,7 @@ async def run(settings: object) -> int:
     def on_sigterm() -> None:
         nonlocal stopped
         stopped = True
-        endpoint.done.set()
+        endpoint.stop("stopped by SIGTERM")
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     async with bus:

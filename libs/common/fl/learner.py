@@ -49,6 +49,7 @@ class LearnerEndpoint:
         self.handled = 0
         self.done = asyncio.Event()
         self.done_ok: bool | None = None
+        self._stop_reason = ""
         self._app: ClientAppLike | None = None
         self._context: Context | None = None
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -99,8 +100,16 @@ class LearnerEndpoint:
             worker = tg.create_task(self._work())
             await self.done.wait()
             worker.cancel()
-        await self.clear()
+        if self._stop_reason:
+            await self.fail(self._stop_reason)  # leaving early: the aggregator must know
+        else:
+            await self.clear()
         return self.done_ok
+
+    def stop(self, reason: str) -> None:
+        """Leave before the aggregator says `done` (e.g. SIGTERM); it is told `gone`."""
+        self._stop_reason = reason
+        self.done.set()
 
     async def _on_down(self, message: BusMessage) -> None:
         if not message.payload:
