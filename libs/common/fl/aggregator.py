@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ class Aggregator:
         self.result = AggregatorResult(ok=False)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tracker: Tracker | None = None
+        self._reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-mlflow")
+        self._reports: list[Future[Any]] = []
 
     async def run(self) -> AggregatorResult:
         """Train; never raises for a job failure (see `result.ok` / `result.reason`)."""
@@ -95,6 +98,8 @@ class Aggregator:
             self.log.exception("aggregator.crashed")
             self.result.reason = f"aggregator failed: {type(exc).__name__}: {exc}"[:1000]
         finally:
+            await asyncio.to_thread(self._drain, quiet=True)
+            self._reporter.shutdown(wait=False)
             if self._tracker is not None:
                 await asyncio.to_thread(self._tracker.finish, self.result.ok)
             await self._say_done()
@@ -110,10 +115,12 @@ class Aggregator:
             self.grid.on_round_start = self._close_rounds_before
             run_server_app(self.grid, self.spec, self.code_dir)
             self._close_rounds_before(None)
+            self._drain()
             return
         manager = new_manager(self.spec, self.code_dir)
         manager.build(base_config(self.spec, node=self.actor))
         run_model_manager(self.grid, manager, self.spec, self._round_done)
+        self._drain()
         if self._tracker is not None:
             self.result.model_version = self._tracker.log_model(manager, self.code_dir)
 
@@ -134,19 +141,30 @@ class Aggregator:
         self.result.rounds.append(stats)
         self.result.metrics = dict(stats.metrics)
         self.log.info("aggregator.round", **stats.event_data())
+        # Reporting stays off the round's critical path: MLflow writes run in their own thread
+        # (in order), the publish on the loop; `_drain` waits for both before the result.
         if self._tracker is not None:
-            self._tracker.log_round(stats)
+            self._reports.append(self._reporter.submit(self._tracker.log_round, stats))
         envelope = RoundCompleted(**stats.event_data()).envelope(
             self.job, source=self.actor, event_id=fact_id(self.job, "round", stats.round)
         )
-        self._on_loop(self.bus.publish(topics.JOB_PROGRESS.format(self.bus.root, job=self.job), envelope))
+        assert self._loop is not None
+        topic = topics.JOB_PROGRESS.format(self.bus.root, job=self.job)
+        self._reports.append(asyncio.run_coroutine_threadsafe(self.bus.publish(topic, envelope), self._loop))
         reason = self.grid.below_minimum()
         if reason:
             raise TooFewLearners(reason)
 
-    def _on_loop(self, coro: Any) -> Any:
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    def _drain(self, quiet: bool = False) -> None:
+        """Wait for every round report (MLflow, publish); raise the first error unless quiet."""
+        reports, self._reports = self._reports, []
+        for future in reports:
+            try:
+                future.result(timeout=60)
+            except Exception as exc:
+                if not quiet:
+                    raise
+                self.log.warning("aggregator.report_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
     # --- on the loop ----------------------------------------------------------------------------
     async def _publish_result(self) -> None:
