@@ -192,3 +192,22 @@ def test_a_learner_without_data_fails_the_job_at_once_with_its_reason(make_job):
     reason = json.loads(job.output("aggregator")[-1])["reason"]
     assert re.match(r"only [01] learners ready \(the others are gone\), minimum 2 \[", reason), reason
     assert f"{job.learners[1]}: NoDataError: no data for tags ['tiny']" in reason
+
+
+async def test_sigterm_stops_the_aggregator_and_releases_the_learners(make_job, mqtt_broker):
+    job = make_job(count=2, minimum=2, rounds=50, round_timeout=30, fit_seconds=0.3)
+    seen: list = []
+    bus = await watch_progress(mqtt_broker.url, job.job, seen)
+    try:
+        for index in range(2):
+            job.start_learner(index)
+        job.start_aggregator()
+        await assert_eventually(lambda: any(e.type == "RoundCompleted" for e in seen), timeout=60)
+        job.procs["aggregator"].send_signal(signal.SIGTERM)
+        assert job.wait("aggregator", 30) == 128 + signal.SIGTERM
+        assert json.loads(job.output("aggregator")[-1])["reason"] == "stopped by SIGTERM"
+        for learner in job.learners:
+            assert job.wait(learner, 20) == 0  # told `done` (ok false) before the aggregator left
+        assert not any(e.type == "JobResult" for e in seen)
+    finally:
+        await bus.shutdown()
