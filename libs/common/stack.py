@@ -11,8 +11,8 @@ Process names: `mosquitto`, `manager`, `builder`, `notifier`, `node-1..N` (flame
 `node-i`) and `mldata-1..N` (the node's mldata). Every line a process prints goes to
 `$EMBER_HOME/logs/<name>.log` and, when `echo` is set, to `echo` prefixed by the name.
 
-A supervisor of OS processes is blocking work (Popen, wait, pipes), so this class is synchronous
-with one output thread per process; `async with` runs start/stop in a worker thread.
+Process handling itself (spawn, output, signals, groups) is `ember.supervisor`: blocking work,
+so this class is synchronous; `async with` runs start/stop in a worker thread.
 """
 
 from __future__ import annotations
@@ -24,50 +24,26 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO
 
 from ember import topics
 from ember.bus import Bus, Message
 from ember.errors import EmberError, RequestTimeout, Unavailable
 from ember.settings import Settings
+from ember.supervisor import Proc, Supervisor, in_thread
 from ember.testing import free_port, mosquitto_binary, wait_for_port
 
 SERVICES = ("manager", "builder", "notifier")
-_COLORS = ("36", "35", "33", "32", "34", "91", "96", "95", "93", "92")
-T = TypeVar("T")
 
 
 class StackError(EmberError):
     code = "unavailable"
     exit_code = 6
-
-
-@dataclass
-class Proc:
-    """One supervised process: how to start it, and the running instance."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    group: int
-    """Shutdown order: higher groups stop first (flamelets 3, mldata 2, services 1, broker 0)."""
-    popen: subprocess.Popen[bytes] | None = None
-    pump: threading.Thread | None = None
-    starts: int = 0
-    expected_exit: bool = False
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen else None
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
 
 
 @dataclass
@@ -86,7 +62,6 @@ class Stack:
     mqtt_port: int = 0
     services: tuple[str, ...] = SERVICES
     """Control-plane services to start (all three by default)."""
-    procs: dict[str, Proc] = field(default_factory=dict, init=False)
     url: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +73,12 @@ class Stack:
         self._stopped = False
         if self.color is None:
             self.color = bool(self.echo is not None and hasattr(self.echo, "isatty") and self.echo.isatty())
+        self.sup = Supervisor(self.home / "logs", cwd=self.home, echo=self.echo, color=self.color, grace=self.grace)
+
+    @property
+    def procs(self) -> dict[str, Proc]:
+        """Every process by name (`mosquitto`, `manager`, ..., `node-1`, `mldata-1`)."""
+        return self.sup.procs
 
     # --- public API ------------------------------------------------------------------------
     @property
@@ -140,10 +121,10 @@ class Stack:
         self.broker_file.write_text(json.dumps({"url": self.url, "pid": os.getpid()}) + "\n")
         env = self._service_env()
         for name in self.services:
-            self._add(name, [sys.executable, "-m", f"ember.{name}"], env, group=1)
+            self.sup.add(name, [sys.executable, "-m", f"ember.{name}"], env, group=1)
         mldata = {node: self._add_mldata(i, node, env) for i, node in enumerate(self.nodes, 1)} if self.mldata else {}
         for name in [*self.services, *(f"mldata-{i}" for i in range(1, len(mldata) + 1))]:
-            self._spawn(self.procs[name])
+            self.sup.spawn(self.procs[name])
         for node, (port, _) in mldata.items():
             wait_for_port("127.0.0.1", port, timeout=60, process=self.procs[f"mldata-{node.split('-')[1]}"].popen)
         for i, node in enumerate(self.nodes, 1):
@@ -155,7 +136,7 @@ class Stack:
                     EMBER_MLDATA_TOKEN=token,
                     EMBER_MLDATA_DATA_DIR=str(self.node_data_dir(node)),
                 )
-            self._spawn(self._add(f"node-{i}", [sys.executable, "-m", "ember.flamelet", "--node", node], fenv, group=3))
+            self.sup.spawn(self.sup.add(f"node-{i}", [sys.executable, "-m", "ember.flamelet", "--node", node], fenv, group=3))
         self.wait_ready(ready_timeout)
         return self
 
@@ -164,44 +145,35 @@ class Stack:
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         """Until the manager answers `nodes.list` with every flamelet online (or a process dies)."""
-        _in_thread(lambda: self._await_ready(timeout))
-        self._say("stack", f"ready: broker {self.url}, {self.flamelets} flamelet(s), home {self.home}")
+        in_thread(lambda: self._await_ready(timeout))
+        self.sup.say("stack", f"ready: broker {self.url}, {self.flamelets} flamelet(s), home {self.home}")
 
     def pid(self, name: str) -> int | None:
         return self.procs[name].pid if self.procs[name].alive() else None
 
     def kill(self, name: str, sig: int = signal.SIGKILL, *, timeout: float = 30.0) -> int:
-        """Send `sig` to one process and wait for it to exit; returns its exit status."""
-        proc = self.procs[name]
-        if not proc.alive():
-            return proc.popen.returncode if proc.popen else 0
-        assert proc.popen is not None
-        proc.expected_exit = True
-        proc.popen.send_signal(sig)
-        code = proc.popen.wait(timeout)
-        if proc.pump:
-            proc.pump.join(5)
-        return code
+        """Send `sig` (default SIGKILL) to one process and wait for it to exit; returns its status."""
+        return self.sup.kill(name, sig, timeout=timeout)
 
     def restart(self, name: str) -> None:
         """Stop one process (if alive, SIGTERM then SIGKILL after the grace) and start it again."""
         proc = self.procs[name]
         if proc.alive():
-            self._stop_group([proc])
-        self._spawn(proc)
+            self.sup.stop_group([proc])
+        self.sup.spawn(proc)
         if name == "mosquitto":
             wait_for_port("127.0.0.1", self._broker_port, timeout=30, process=proc.popen)
 
     def exited(self) -> dict[str, int]:
         """Processes that exited without being asked to: name -> exit status."""
-        return {
-            p.name: p.popen.returncode
-            for p in self.procs.values()
-            if p.popen is not None and p.popen.poll() is not None and not p.expected_exit
-        }
+        return self.sup.exited()
 
     def log_path(self, name: str) -> Path:
-        return self.home / "logs" / f"{name}.log"
+        return self.sup.log_path(name)
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        """The last lines a process printed (from its log file)."""
+        return self.sup.tail(name, lines)
 
     def stop(self) -> None:
         """Ordered, idempotent shutdown: flamelets (their actors stop), mldata, services, broker."""
@@ -209,8 +181,7 @@ class Stack:
             if self._stopped:
                 return
             self._stopped = True
-        for group in sorted({p.group for p in self.procs.values()}, reverse=True):
-            self._stop_group([p for p in self.procs.values() if p.group == group])
+        self.sup.stop_all()
         with contextlib.suppress(FileNotFoundError):
             self.broker_file.unlink()
         for node in self.nodes:
@@ -227,9 +198,9 @@ class Stack:
                 for name, code in self.exited().items():
                     if name not in reported:
                         reported.add(name)
-                        self._say("stack", f"{name} exited with status {code} (restart it with `ember up` again)")
+                        self.sup.say("stack", f"{name} exited with status {code} (restart it with `ember up` again)")
         finally:
-            self._say("stack", "shutting down")
+            self.sup.say("stack", "shutting down")
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -254,8 +225,8 @@ class Stack:
         self._broker_port = self.mqtt_port or free_port()
         conf = broker_dir / "mosquitto.conf"
         conf.write_text(broker_config(self._broker_port, broker_dir / "data"))
-        proc = self._add("mosquitto", [mosquitto_binary(), "-c", str(conf)], dict(self._base_env), group=0)
-        self._spawn(proc)
+        proc = self.sup.add("mosquitto", [mosquitto_binary(), "-c", str(conf)], dict(self._base_env), group=0)
+        self.sup.spawn(proc)
         wait_for_port("127.0.0.1", self._broker_port, timeout=30, process=proc.popen)
         self.url = f"mqtt://127.0.0.1:{self._broker_port}"
 
@@ -269,71 +240,8 @@ class Stack:
             json.dump({"node": node, "url": f"grpc://127.0.0.1:{port}", "token": token, "data_dir": str(data_dir)}, fh)
         argv = [sys.executable, "-m", "ember.mldata", "--port", str(port), "--data-dir", str(data_dir), "--node", node]
         # the token travels in the environment: not visible in `ps`, and never parsed as an option
-        self._add(f"mldata-{index}", argv, dict(env, EMBER_NODE_ID=node, EMBER_MLDATA_TOKEN=token), group=2)
+        self.sup.add(f"mldata-{index}", argv, dict(env, EMBER_NODE_ID=node, EMBER_MLDATA_TOKEN=token), group=2)
         return port, token
-
-    def _add(self, name: str, argv: list[str], env: dict[str, str], *, group: int) -> Proc:
-        self.procs[name] = Proc(name, argv, env, group)
-        return self.procs[name]
-
-    def _spawn(self, proc: Proc) -> None:
-        proc.expected_exit = False
-        proc.starts += 1
-        proc.popen = subprocess.Popen(
-            proc.argv,
-            env=proc.env,
-            cwd=str(self.home),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
-        )
-        color = _COLORS[list(self.procs).index(proc.name) % len(_COLORS)]
-        proc.pump = threading.Thread(target=self._pump, args=(proc, proc.popen, color), name=f"pump:{proc.name}", daemon=True)
-        proc.pump.start()
-
-    def _pump(self, proc: Proc, popen: subprocess.Popen[bytes], color: str) -> None:
-        assert popen.stdout is not None
-        width = max(len(n) for n in self.procs) if self.procs else 8
-        with open(self.log_path(proc.name), "ab") as log:
-            for raw in iter(popen.stdout.readline, b""):
-                log.write(raw)
-                log.flush()
-                if self.echo is not None:
-                    line = raw.decode(errors="replace").rstrip("\n")
-                    prefix = f"{proc.name:<{width}} │ "
-                    if self.color:
-                        prefix = f"\x1b[{color}m{prefix}\x1b[0m"
-                    with self._lock:
-                        with contextlib.suppress(ValueError, OSError):
-                            self.echo.write(prefix + line + "\n")
-                            self.echo.flush()
-        popen.stdout.close()
-
-    def _say(self, who: str, text: str) -> None:
-        if self.echo is not None:
-            with self._lock, contextlib.suppress(ValueError, OSError):
-                self.echo.write(f"{who} │ {text}\n")
-                self.echo.flush()
-
-    def _stop_group(self, procs: Iterable[Proc]) -> None:
-        """SIGTERM every process of the group, wait up to the grace, SIGKILL what is left."""
-        running = [p for p in procs if p.alive()]
-        for p in running:
-            p.expected_exit = True
-            with contextlib.suppress(ProcessLookupError):
-                p.popen.terminate()  # type: ignore[union-attr]
-        for p in running:
-            assert p.popen is not None
-            try:
-                p.popen.wait(self.grace)
-            except subprocess.TimeoutExpired:
-                self._say("stack", f"{p.name} did not stop within {self.grace:g}s: SIGKILL")
-                p.popen.kill()
-                p.popen.wait()
-        for p in running:
-            if p.pump:
-                p.pump.join(5)
 
     async def _await_ready(self, timeout: float) -> None:
         wake = asyncio.Event()
@@ -364,13 +272,6 @@ class Stack:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), 0.5)
 
-    def tail(self, name: str, lines: int = 20) -> str:
-        """The last lines a process printed (from its log file)."""
-        try:
-            return "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
-
 
 def broker_config(port: int, data_dir: Path) -> str:
     """The stack's Mosquitto config: loopback listener, TCP_NODELAY, persistence, QoS 1 queues."""
@@ -391,21 +292,3 @@ def broker_config(port: int, data_dir: Path) -> str:
             "",
         ]
     )
-
-
-def _in_thread(factory: Any) -> Any:
-    """Run the coroutine `factory()` on a fresh event loop in a worker thread (safe inside a loop)."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = asyncio.run(factory())
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="stack-ready", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")

@@ -1,0 +1,171 @@
+"""Supervise named OS processes: start, prefix and log their output, signal, stop in groups.
+
+The generic half of `ember.stack` (which knows what Ember's processes are). Blocking work
+(Popen, wait, pipes), so it is synchronous, with one output thread per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import threading
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+_COLORS = ("36", "35", "33", "32", "34", "91", "96", "95", "93", "92")
+
+
+@dataclass
+class Proc:
+    """One supervised process: how to start it, and the running instance."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    group: int
+    """Shutdown order: higher groups stop first."""
+    popen: subprocess.Popen[bytes] | None = None
+    pump: threading.Thread | None = None
+    starts: int = 0
+    expected_exit: bool = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+class Supervisor:
+    """Named processes whose output goes to `<log_dir>/<name>.log` and, if `echo`, prefixed to `echo`."""
+
+    def __init__(self, log_dir: Path, *, cwd: Path, echo: IO[str] | None = None, color: bool = False, grace: float = 10.0) -> None:
+        self.log_dir = log_dir
+        self.cwd = cwd
+        self.echo = echo
+        self.color = color
+        self.grace = grace
+        self.procs: dict[str, Proc] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, argv: list[str], env: dict[str, str], *, group: int) -> Proc:
+        self.procs[name] = Proc(name, argv, env, group)
+        return self.procs[name]
+
+    def spawn(self, proc: Proc) -> None:
+        """Start (or start again) one process in its own session, its output pumped by a thread."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        proc.expected_exit = False
+        proc.starts += 1
+        proc.popen = subprocess.Popen(
+            proc.argv,
+            env=proc.env,
+            cwd=str(self.cwd),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+        )
+        color = _COLORS[list(self.procs).index(proc.name) % len(_COLORS)]
+        proc.pump = threading.Thread(target=self._pump, args=(proc, proc.popen, color), name=f"pump:{proc.name}", daemon=True)
+        proc.pump.start()
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        """The last lines a process printed (from its log file)."""
+        try:
+            return "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def say(self, who: str, text: str) -> None:
+        if self.echo is not None:
+            with self._lock, contextlib.suppress(ValueError, OSError):
+                self.echo.write(f"{who} │ {text}\n")
+                self.echo.flush()
+
+    def kill(self, name: str, sig: int, *, timeout: float = 30.0) -> int:
+        """Send `sig` to one process and wait for it to exit; returns its exit status."""
+        proc = self.procs[name]
+        if not proc.alive():
+            return proc.popen.returncode if proc.popen else 0
+        assert proc.popen is not None
+        proc.expected_exit = True
+        proc.popen.send_signal(sig)
+        code = proc.popen.wait(timeout)
+        if proc.pump:
+            proc.pump.join(5)
+        return code
+
+    def exited(self) -> dict[str, int]:
+        """Processes that exited without being asked to: name -> exit status."""
+        return {
+            p.name: p.popen.returncode
+            for p in self.procs.values()
+            if p.popen is not None and p.popen.poll() is not None and not p.expected_exit
+        }
+
+    def stop_group(self, procs: Iterable[Proc]) -> None:
+        """SIGTERM every process of the group, wait up to the grace, SIGKILL what is left."""
+        running = [p for p in procs if p.alive()]
+        for p in running:
+            p.expected_exit = True
+            with contextlib.suppress(ProcessLookupError):
+                p.popen.terminate()  # type: ignore[union-attr]
+        for p in running:
+            assert p.popen is not None
+            try:
+                p.popen.wait(self.grace)
+            except subprocess.TimeoutExpired:
+                self.say("stack", f"{p.name} did not stop within {self.grace:g}s: SIGKILL")
+                p.popen.kill()
+                p.popen.wait()
+        for p in running:
+            if p.pump:
+                p.pump.join(5)
+
+    def stop_all(self) -> None:
+        """Every group in turn, highest first."""
+        for group in sorted({p.group for p in self.procs.values()}, reverse=True):
+            self.stop_group([p for p in self.procs.values() if p.group == group])
+
+    def _pump(self, proc: Proc, popen: subprocess.Popen[bytes], color: str) -> None:
+        assert popen.stdout is not None
+        width = max(len(n) for n in self.procs) if self.procs else 8
+        with open(self.log_path(proc.name), "ab") as log:
+            for raw in iter(popen.stdout.readline, b""):
+                log.write(raw)
+                log.flush()
+                if self.echo is not None:
+                    line = raw.decode(errors="replace").rstrip("\n")
+                    prefix = f"{proc.name:<{width}} │ "
+                    if self.color:
+                        prefix = f"\x1b[{color}m{prefix}\x1b[0m"
+                    with self._lock, contextlib.suppress(ValueError, OSError):
+                        self.echo.write(prefix + line + "\n")
+                        self.echo.flush()
+        popen.stdout.close()
+
+
+def in_thread(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run the coroutine `factory()` on a fresh event loop in a worker thread (safe inside a loop)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = asyncio.run(factory())
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="stack-ready", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
