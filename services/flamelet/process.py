@@ -124,7 +124,7 @@ class ProcessActor:
     async def stop(self, grace: float) -> None:
         if self._exit is not None or self._pid is None:
             return
-        if not self._signal(signal.SIGTERM):
+        if not self._signal(signal.SIGTERM, group=False):  # the shim forwards it to the actor
             return
         try:
             await asyncio.wait_for(self.wait(), grace)
@@ -133,12 +133,15 @@ class ProcessActor:
             self._signal(signal.SIGKILL)
             await self.wait()
 
-    def _signal(self, sig: signal.Signals) -> bool:
+    def _signal(self, sig: signal.Signals, *, group: bool = True) -> bool:
         assert self._pid is not None
         if self.adopted and not _alive(self._pid, str(self.files.exit)):
             return False  # never signal a recycled pid
         try:
-            os.killpg(self._pid, sig)  # the shim leads its own process group
+            if group:
+                os.killpg(self._pid, sig)  # the shim leads its own process group
+            else:
+                os.kill(self._pid, sig)
             return True
         except ProcessLookupError:
             return False

@@ -7,8 +7,9 @@ command in that group, waits for it, and writes its exit code to `<exit-file>` a
 (temp file + rename), then exits with the same code. So the code survives a flamelet that
 was restarted (or killed) while the actor ran: the next flamelet reads the file.
 
-SIGTERM sent to the group reaches the actor; the shim itself outlives it so that it can record
-the code. It imports only the standard library and is run as a script, never as `ember.*`.
+SIGTERM (or SIGINT) sent to the shim is forwarded to the actor, once; the shim outlives it so
+that it can record the code. (SIGKILL, after the flamelet's grace, goes to the whole group.)
+It imports only the standard library and is run as a script, never as `ember.*`.
 """
 
 from __future__ import annotations
@@ -33,16 +34,27 @@ def main(argv: list[str]) -> int:
         print("usage: shim.py <exit-file> <command> [args...]", file=sys.stderr)
         return 2
     exit_file, command = argv[0], argv[1:]
-    # A Python-level handler (not SIG_IGN, which the child would inherit): the group's SIGTERM
-    # is for the actor; the shim waits for it and records how it ended.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    signal.signal(signal.SIGINT, lambda *_: None)
+    child: subprocess.Popen[bytes] | None = None
+    pending: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if child is None:
+            pending.append(signum)  # arrived while the actor was being started
+        elif child.poll() is None:
+            child.send_signal(signum)
+
+    # Python-level handlers (not SIG_IGN, which the child would inherit): the shim forwards the
+    # signal, waits for the actor and records how it ended.
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     try:
         child = subprocess.Popen(command)
     except OSError as exc:
         print(f"ember: cannot start {command[0]}: {exc}", file=sys.stderr, flush=True)
         record(exit_file, 127)
         return 127
+    for signum in pending[:1]:
+        child.send_signal(signum)
     code = child.wait()
     record(exit_file, code)
     return code if code >= 0 else 128 - code
