@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ember.bus import Bus
@@ -54,20 +55,14 @@ def settings() -> Settings:
 def fail(exc: EmberError | str, code: int | None = None) -> NoReturn:
     """Print an error (with each field of an invalid spec) and exit with its exit code."""
     if isinstance(exc, str):
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(exc)}")
         raise typer.Exit(code or 1)
-    err.print(f"[red]error:[/] {exc.message}", markup=True) if False else err.print(f"[red]error:[/] {_escape(exc.message)}")
+    err.print(f"[red]error:[/] {escape(exc.message)}")
     details = exc.details if isinstance(exc.details, list) else []
     for detail in details:
         if isinstance(detail, dict) and "field" in detail:
-            err.print(f"  [bold]{_escape(str(detail['field']))}[/]: {_escape(str(detail.get('reason', '')))}")
+            err.print(f"  [bold]{escape(str(detail['field']))}[/]: {escape(str(detail.get('reason', '')))}")
     raise typer.Exit(code or exc.exit_code)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 @asynccontextmanager
