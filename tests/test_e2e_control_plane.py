@@ -333,3 +333,44 @@ def test_data_push_ls_drop_and_mock_devices_reach_the_nodes_mldata(stack: Stack,
     wait_until(announced, timeout=15, interval=0.3, message="node-3 never announced its data tag")
     assert cli("data", "drop", "--tag", "cli-push", "--node", "node-3").exit_code == 0
     assert ("node-3", "cli-push") not in tags()
+
+
+# --- the live view -------------------------------------------------------------------------------
+
+
+def test_watch_shows_actors_and_a_progress_bar_over_rounds(stack: Stack, cli, tmp_path: Path) -> None:
+    """Rounds arrive as the aggregator would report them (`jobs/{job}/progress`); watch renders them live."""
+    import io
+
+    from rich.console import Console
+
+    from ember.cli.watch import follow_job
+    from ember.events import RoundCompleted
+
+    path = tmp_path / "rounds.yaml"
+    path.write_text("name: probe-rounds\nlearners: {count: 3}\ntraining: {rounds: 3}\nprobe: {seconds: 120}\n")
+    job_id = submit(cli, path)
+    wait_state(cli, job_id, "running")
+    screen = io.StringIO()
+
+    async def scenario() -> dict[str, Any]:
+        async with Bus(stack.url) as bus:
+            console = Console(file=screen, force_terminal=True, width=140, color_system=None)
+            watching = asyncio.create_task(follow_job(bus, job_id, console, refresh=0.2))
+            for n in (1, 2):
+                event = RoundCompleted(round=n, metrics={"loss": 1.0 / n, "accuracy": 0.4 * n}, duration_s=0.5)
+                envelope = bus.envelope("RoundCompleted", event.model_dump(mode="json"), subject=job_id)
+                await bus.publish(topics.JOB_PROGRESS.format(bus.root, job=job_id), envelope)
+            while len((await bus.request("jobs.get", {"job": job_id}))["rounds"]) < 2:
+                await asyncio.sleep(0.1)
+            while "2/3" not in screen.getvalue():
+                await asyncio.sleep(0.1)
+            await bus.request("jobs.cancel", {"job": job_id})
+            return await asyncio.wait_for(watching, 30)
+
+    final = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert final["state"] == "cancelled" and [r["round"] for r in final["rounds"]] == [1, 2]
+    text = screen.getvalue()
+    assert "accuracy=0.8" in text and "learner" in text and "cancelled" in text
+    shown = cli("job", "show", job_id).stdout
+    assert "Rounds" in shown and "2/3" in shown
