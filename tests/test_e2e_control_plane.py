@@ -374,3 +374,12 @@ def test_watch_shows_actors_and_a_progress_bar_over_rounds(stack: Stack, cli, tm
     assert "accuracy=0.8" in text and "learner" in text and "cancelled" in text
     shown = cli("job", "show", job_id).stdout
     assert "Rounds" in shown and "2/3" in shown
+
+
+def test_logs_follow_prints_actor_output_until_the_job_ends(stack: Stack, cli, tmp_path: Path) -> None:
+    job_id = submit(cli, job_file(tmp_path, "probe-logs", "seconds: 2"))
+    wait_state(cli, job_id, "running")
+    result = cli("job", "logs", job_id, "--follow", "--actor", f"{job_id}-aggregator")
+    assert result.exit_code == 0, result.output
+    assert "probe: done after" in result.stdout and "learner" not in result.stdout
+    assert show(cli, job_id)["state"] == "succeeded"
