@@ -1,6 +1,6 @@
 """Federated training: the same Flower app under Ember and under Flower's own engines, one run.
 
-    .venv/bin/python -m bench.bench_fl [--rounds 10] [--engines ember,compat,deployment] [--out DIR]
+    .venv/bin/python -m bench.bench_fl [--rounds 10] [--repeat 3] [--engines ember,compat,deployment] [--out DIR]
 
 `examples/flower-app` (digits, softmax regression in numpy, Dirichlet(0.5) split over 3 nodes,
 seed 0, FedAvg) runs unchanged on:
@@ -19,7 +19,9 @@ Measured inside the ServerApp, identically on every engine (see `bench_fl_engine
 - final accuracy on the held-out rows;                                     goal: within 1 point
   of plain Flower (both Flower engines).
 
-Writes `fl.json` and prints a Markdown table for docs/benchmarks.md.
+Ember and compat run `--repeat` times, alternating (the machine is shared: medians over runs);
+the Deployment Engine, minutes per run, runs once. Writes `fl.json` and prints a Markdown table
+for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ def analyse(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of each number over repeated runs of one engine."""
+    out = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    out["runs"] = len(runs)
+    return out
+
+
 def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Ratios and goal checks (only for the engines that ran)."""
     out: dict[str, Any] = {}
@@ -87,7 +96,7 @@ def markdown(results: dict[str, dict[str, Any]], ratios: dict[str, Any]) -> str:
     ]
     for name, r in results.items():
         lines.append(
-            f"| {LABELS[name]} | {1000 * r['overhead_median_s']:.1f} ms | {1000 * r['round_median_s']:.1f} ms | "
+            f"| {LABELS[name]} ({r['runs']} run{'s' if r['runs'] > 1 else ''}) | {1000 * r['overhead_median_s']:.1f} ms | {1000 * r['round_median_s']:.1f} ms | "
             f"{r['wall_s']:.2f} s ({r['rounds']} rounds) | {r['holdout_accuracy']:.4f} | {r['federated_accuracy']:.4f} |"
         )
     if ratios:
@@ -101,28 +110,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_fl", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default: the app's num-server-rounds, 10)")
     parser.add_argument("--engines", default="ember,compat,deployment", help="comma-separated subset of: " + ", ".join(ENGINES))
+    parser.add_argument("--repeat", type=int, default=3, help="runs of ember and compat, alternating (medians); deployment runs once")
     parser.add_argument("--out", type=Path, default=None, help="folder for logs and fl.json (default: a temp folder)")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="ember-bench-fl-"))
     out.mkdir(parents=True, exist_ok=True)
-    raw: dict[str, Any] = {}
-    results: dict[str, dict[str, Any]] = {}
-    for name in [e.strip() for e in args.engines.split(",") if e.strip()]:
-        started = time.perf_counter()
-        print(f"[bench_fl] {LABELS[name]} ...", file=sys.stderr, flush=True)
-        try:
-            raw[name] = ENGINES[name](out / name, args.rounds)
-        except Exception as exc:  # one engine failing must not hide the others' numbers
-            print(f"[bench_fl] {name} failed: {exc}", file=sys.stderr, flush=True)
-            raw[name] = {"error": str(exc)}
-            continue
-        results[name] = analyse(raw[name])
-        print(f"[bench_fl] {name}: {json.dumps(results[name])} ({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
+    raw: dict[str, list[dict[str, Any]]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    for attempt in range(args.repeat):
+        for name in engines:
+            if name == "deployment" and attempt > 0:
+                continue  # minutes per run: once is enough to see seconds per round
+            started = time.perf_counter()
+            print(f"[bench_fl] {LABELS[name]} (run {attempt + 1}) ...", file=sys.stderr, flush=True)
+            try:
+                summary = ENGINES[name](out / f"{name}-{attempt + 1}", args.rounds)
+            except Exception as exc:  # one engine failing must not hide the others' numbers
+                print(f"[bench_fl] {name} failed: {exc}", file=sys.stderr, flush=True)
+                raw.setdefault(name, []).append({"error": str(exc)})
+                continue
+            raw.setdefault(name, []).append(summary)
+            runs.setdefault(name, []).append(analyse(summary))
+            print(f"[bench_fl] {name}: {json.dumps(runs[name][-1])} ({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
+    results = {name: combine(found) for name, found in runs.items()}
     ratios = compare(results)
     (out / "fl.json").write_text(json.dumps({"raw": raw, "results": results, "ratios": ratios}, indent=2))
     print(markdown(results, ratios))
     print(f"\n(raw numbers and logs in {out})")
-    failed = [n for n, r in raw.items() if "error" in r]
+    failed = [n for n, found in raw.items() if any("error" in r for r in found)]
     return 1 if failed else 0
 
 
