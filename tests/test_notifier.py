@@ -114,13 +114,14 @@ async def test_places_probe_job_on_three_nodes_and_publishes_desired_states(clus
 
 async def test_waits_for_capacity_then_fails_after_the_placement_timeout(cluster, mqtt_broker, tmp_path):
     await cluster.node("n1", cpus=2)
-    async with Notifier(settings(mqtt_broker, tmp_path, notifier_placement_timeout=3)) as notifier:
+    async with Notifier(settings(mqtt_broker, tmp_path)) as notifier:
         await cluster.submit("wait-1", probe_spec())
         await assert_eventually(lambda: "wait-1" in notifier.waiting)
         assert await cluster.events("ActorsPlaced", "wait-1") == []
         await cluster.node("n2", cpus=2)  # now 4 cpus for 1 aggregator + 3 learners
         await assert_eventually(lambda: cluster.events("ActorsPlaced", "wait-1"))
 
+    async with Notifier(settings(mqtt_broker, tmp_path, notifier_placement_timeout=2)):
         await cluster.submit("big-1", probe_spec(learners={"count": 20}))
         [failed] = await assert_eventually(lambda: cluster.events("JobFailed", "big-1"), timeout=15)
         assert failed.id == "big-1:terminal"
