@@ -106,7 +106,8 @@ def bench_submit(runs: int) -> dict[str, Any]:
 # --- 2. event append + publish throughput ---------------------------------------------------------
 
 
-async def _append(url: str, path: Path, n: int, concurrency: int) -> float:
+async def _append(url: str, path: Path, n: int, concurrency: int, mode: str = "both") -> float:
+    """Events/s of `append_and_publish` (mode "both"), or of its halves alone ("append", "publish")."""
     got = asyncio.Event()
     count = 0
 
@@ -125,14 +126,22 @@ async def _append(url: str, path: Path, n: int, concurrency: int) -> float:
         queue = iter(envelopes)
         t0 = time.perf_counter()
 
+        topic = topics.EVENT.format(pub.root, aggregate="job", type="JobRunning")
+
         async def worker() -> None:
             for env in queue:
-                await append_and_publish(log, pub, env)
+                if mode == "both":
+                    await append_and_publish(log, pub, env)
+                elif mode == "append":
+                    await log.append(env)
+                else:
+                    await pub.publish(topic, env)
 
         async with asyncio.TaskGroup() as tg:
             for _ in range(concurrency):
                 tg.create_task(worker())
-        await asyncio.wait_for(got.wait(), 60)
+        if mode != "append":
+            await asyncio.wait_for(got.wait(), 60)
         elapsed = time.perf_counter() - t0
     await log.close()
     return n / elapsed
@@ -144,6 +153,9 @@ def bench_append(n: int) -> dict[str, Any]:
         for concurrency in (1, 8, 32):
             rate = asyncio.run(_append(broker.url, Path(tmp) / f"c{concurrency}.sqlite3", n, concurrency))
             out[f"events_per_s_concurrency_{concurrency}"] = round(rate)
+        for mode in ("append", "publish"):  # the two halves, one at a time
+            rate = asyncio.run(_append(broker.url, Path(tmp) / f"{mode}.sqlite3", n, 1, mode))
+            out[f"{mode}_only_per_s"] = round(rate)
     return out
 
 
