@@ -112,3 +112,6 @@ def test_every_command_has_help(cli) -> None:
         result = cli(*args)
         assert result.exit_code == 0 and "Usage" in result.stdout, args
     assert "Exit codes" in cli("--help").stdout
+    for service, option in (("manager", "--eventlog-url"), ("flamelet", "--node"), ("mldata", "--data-dir")):
+        result = cli(service, "run", "--help")  # passed through to the service's own parser
+        assert result.exit_code == 0 and option in result.stdout, (service, result.output)
