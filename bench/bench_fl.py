@@ -97,7 +97,7 @@ def markdown(results: dict[str, dict[str, Any]], ratios: dict[str, Any]) -> str:
     for name, r in results.items():
         lines.append(
             f"| {LABELS[name]} ({r['runs']} run{'s' if r['runs'] > 1 else ''}) | {1000 * r['overhead_median_s']:.1f} ms | {1000 * r['round_median_s']:.1f} ms | "
-            f"{r['wall_s']:.2f} s ({r['rounds']} rounds) | {r['holdout_accuracy']:.4f} | {r['federated_accuracy']:.4f} |"
+            f"{r['wall_s']:.2f} s ({r['rounds']:.0f} rounds) | {r['holdout_accuracy']:.4f} | {r['federated_accuracy']:.4f} |"
         )
     if ratios:
         lines.append("")
