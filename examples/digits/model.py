@@ -93,7 +93,7 @@ class DigitsModel(ModelManager):
                 self.W -= config.learning_rate * (self.x_train[idx].T @ grad)
                 self.b -= config.learning_rate * grad.sum(axis=0)
         loss, accuracy = self._score(self.x_train, self.y_train)
-        return n, {"train_loss": loss, "train_accuracy": accuracy}
+        return n, {"loss": loss, "accuracy": accuracy}  # Ember reports them as train_loss, train_accuracy
 
     def evaluate(self, config: TrainConfig) -> tuple[float, int, dict[str, float]]:
         if len(self.y_test) == 0:

@@ -128,7 +128,7 @@ class SensorModel(ModelManager):
                 self.w -= config.learning_rate * (self.x_train[idx].T @ err) / len(idx)
                 self.b -= config.learning_rate * err.mean()
         loss, metrics = self._score(self.x_train, self.y_train)
-        return n, {"train_loss": loss, "train_accuracy": metrics["accuracy"], "train_f1": metrics["f1"]}
+        return n, {"loss": loss, "accuracy": metrics["accuracy"], "f1": metrics["f1"]}  # reported as train_*
 
     def evaluate(self, config: TrainConfig) -> tuple[float, int, dict[str, float]]:
         if len(self.y_test) == 0:
