@@ -175,7 +175,7 @@ async def rounds_done(bus: Bus, job: str) -> int:
 @pytest.mark.parametrize(("minimum", "outcome"), [(2, "succeeded"), (3, "failed")])
 async def test_learner_killed_mid_job(stack: Stack, digits: Partition, minimum: int, outcome: str) -> None:
     """SIGKILL one learner after round 2: 2 learners left is enough for min 2, not for min 3."""
-    rounds = 40
+    rounds = 100  # ~30 ms each here: seconds of running job to kill a learner in, even on a fast machine
     spec = digits_spec(rounds=rounds, round_timeout=30)
     spec["learners"] = {"count": 3, "min": minimum}
     async with Bus(stack.url, source="test") as bus:
