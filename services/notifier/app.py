@@ -32,6 +32,7 @@ from ember.notifier.settings import NotifierSettings
 from ember.projection import Projection
 
 CLIENT_ID = "ember-notifier"
+PUBLISH_IN_FLIGHT = 100
 SOURCE = "notifier"
 
 
@@ -153,18 +154,29 @@ class Notifier:
         self.waiting = dict(outcome.waiting)
 
     async def _publish_desired(self, projection: Projection) -> None:
+        """Publish (retained) the desired state of every node whose actor set changed."""
         wanted = desired_actors(projection, self.nodes, self.env)
+        changed = []
         for node in sorted(set(wanted) | set(self.published)):
             actors = wanted.get(node, [])
             dumped = [spec.model_dump(mode="json") for spec in actors]
-            if self.published.get(node) == dumped:
-                continue
+            if self.published.get(node) != dumped:
+                changed.append((node, actors, dumped))
+        if not changed:
+            return
+        limit = asyncio.Semaphore(PUBLISH_IN_FLIGHT)  # bounded, not thousands of publishes at once
+
+        async def publish(node: str, actors: list, dumped: list[dict]) -> None:
             state = DesiredState(node=node, revision=projection.last_seq, actors=actors)
             envelope = self.bus.envelope("DesiredState", state.model_dump(mode="json"), subject=node)
-            try:
-                await self.bus.publish(topics.NODE_DESIRED.format(self.root, node=node), envelope, retain=True)
-            except Unavailable as exc:  # retried on the next pass
-                self.log.warning("notifier.desired_not_published", node=node, reason=exc.message)
-                continue
+            async with limit:
+                try:
+                    await self.bus.publish(topics.NODE_DESIRED.format(self.root, node=node), envelope, retain=True)
+                except Unavailable as exc:  # retried on the next pass
+                    self.log.warning("notifier.desired_not_published", node=node, reason=exc.message)
+                    return
             self.published[node] = dumped
-            self.log.info("notifier.desired_published", node=node, revision=state.revision, actors=[s.actor for s in actors])
+            self.log.debug("notifier.desired_published", node=node, revision=state.revision, actors=[s.actor for s in actors])
+
+        await asyncio.gather(*(publish(*item) for item in changed))
+        self.log.info("notifier.desired_states_published", nodes=len(changed), revision=projection.last_seq)

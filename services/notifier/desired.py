@@ -41,8 +41,11 @@ def probe_args(needs: JobNeeds, actor: ActorView) -> list[str]:
     return ["--seconds", f"{seconds:g}", "--exit-code", str(code)]
 
 
-def actor_spec(job: JobView, actor: ActorView, needs: JobNeeds, env: ActorEnv, nodes: NodeTable) -> ActorSpec:
-    learners = sorted(job.learners(), key=lambda a: (a.index, a.actor))
+def actor_spec(job: JobView, actor: ActorView, needs: JobNeeds, env: ActorEnv, nodes: NodeTable, *,
+               learners: str | None = None, spec_json: str | None = None) -> ActorSpec:
+    """`learners` (comma list) and `spec_json` may be passed in when computed once per job."""
+    if learners is None:
+        learners = ",".join(a.actor for a in sorted(job.learners(), key=lambda a: (a.index, a.actor)))
     variables = {
         "EMBER_JOB_ID": job.id,
         "EMBER_ACTOR_ID": actor.actor,
@@ -51,13 +54,13 @@ def actor_spec(job: JobView, actor: ActorView, needs: JobNeeds, env: ActorEnv, n
         "EMBER_GENERATION": str(job.generation),
         "EMBER_MQTT_URL": env.mqtt_url,
         "EMBER_TOPIC_ROOT": env.topic_root,
-        "EMBER_JOB_SPEC": json.dumps(job.spec, sort_keys=True),
+        "EMBER_JOB_SPEC": spec_json if spec_json is not None else json.dumps(job.spec, sort_keys=True),
         "EMBER_JOB_SPEC_DIR": job.spec_dir,
         "EMBER_MLFLOW_TRACKING_URI": env.mlflow_tracking_uri,
         "EMBER_HOME": env.home,
     }
     # every actor: the aggregator waits for these learners; a learner finds its index and count
-    variables["EMBER_LEARNERS"] = ",".join(a.actor for a in learners)
+    variables["EMBER_LEARNERS"] = learners
     info = nodes.row(actor.node).info
     if info is not None and info.mldata_url:
         variables["EMBER_MLDATA_URL"] = info.mldata_url
@@ -87,6 +90,10 @@ def desired_actors(projection: Projection, nodes: NodeTable, env: ActorEnv) -> d
             needs = JobNeeds.of(job)
         except ValueError:
             continue
-        for actor in sorted(job.current_actors(), key=lambda a: (a.role != Role.AGGREGATOR, a.index, a.actor)):
-            out.setdefault(actor.node, []).append(actor_spec(job, actor, needs, env, nodes))
+        actors = sorted(job.current_actors(), key=lambda a: (a.role != Role.AGGREGATOR, a.index, a.actor))
+        learners = ",".join(a.actor for a in actors if a.role == Role.LEARNER)
+        spec_json = json.dumps(job.spec, sort_keys=True)
+        for actor in actors:
+            spec = actor_spec(job, actor, needs, env, nodes, learners=learners, spec_json=spec_json)
+            out.setdefault(actor.node, []).append(spec)
     return out
