@@ -151,7 +151,7 @@ def exact_once(events: list[str], *types: str) -> None:
 
 
 def test_probe_job_goes_through_every_state_and_show_prints_them(stack: Stack, cli) -> None:
-    result = cli("job", "submit", str(PROBE), "--wait")
+    result = cli("job", "submit", str(PROBE), "--wait", "--wait-timeout", "60")
     assert result.exit_code == 0, result.output
     job_id = re.search(r"submitted (probe-[0-9a-f]{8})", result.stdout).group(1)
     job = show(cli, job_id)
@@ -185,7 +185,7 @@ def test_invalid_spec_names_every_bad_field_and_writes_nothing(stack: Stack, cli
 
 def test_failing_actor_fails_the_job_with_its_log_tail(stack: Stack, cli, tmp_path: Path) -> None:
     path = job_file(tmp_path, "probe-fail", "seconds: 0.5, exit_code: 3, failing_learner: 1, aggregator_seconds: 30")
-    result = cli("job", "submit", str(path), "--wait")
+    result = cli("job", "submit", str(path), "--wait", "--wait-timeout", "60")
     assert result.exit_code == 10, result.output
     job_id = re.search(r"submitted (probe-fail-[0-9a-f]{8})", result.stdout).group(1)
     job = show(cli, job_id)
@@ -304,7 +304,7 @@ def test_malformed_payloads_on_every_subscribed_topic_are_dropped_and_counted(st
     stopped = [json.loads(line) for line in stack.log_path("manager").read_text().splitlines() if '"manager.stopped"' in line]
     assert stopped and stopped[-1].get("dropped_invalid", 0) >= 5 * 5, stopped[-1:]
     stack.wait_ready(60)
-    result = cli("job", "submit", str(job_file(tmp_path, "probe-after-junk", "seconds: 0.2")), "--wait")
+    result = cli("job", "submit", str(job_file(tmp_path, "probe-after-junk", "seconds: 0.2")), "--wait", "--wait-timeout", "60")
     assert result.exit_code == 0, result.output  # ... and everyone still serves
     job_id = re.search(r"(probe-after-junk-[0-9a-f]{8})", result.stdout).group(1)
     logs = cli("job", "logs", job_id)

@@ -32,7 +32,7 @@ from ember.cli.common import (
 )
 from ember.cli.render import detail
 from ember.cli.watch import TERMINAL, follow_job
-from ember.errors import EmberError, NotFound
+from ember.errors import EmberError, NotFound, RequestTimeout
 from ember.events import ActorLogLines
 from ember.jobspec import load_spec_file
 
@@ -42,7 +42,9 @@ JOB_ARG = typer.Argument(..., help="Job id, as printed by `ember job submit` or 
 
 
 def outcome_code(state: str) -> int:
-    """Exit code of `--wait`: 0 succeeded, 10 failed, 11 cancelled."""
+    """Exit code of `--wait`: 0 succeeded, 10 failed, 11 cancelled, 5 still going at the wait timeout."""
+    if state not in TERMINAL:
+        return RequestTimeout.exit_code
     return {"succeeded": 0, "cancelled": JOB_CANCELLED}.get(state, JOB_FAILED)
 
 
@@ -82,7 +84,9 @@ def submit(
         console.print(f"submitted [bold]{result['job']}[/] ({result.get('state', 'submitted')})")
         console.print(f"follow it with: ember job watch {result['job']}")
     if wait:
-        if not as_json and result["state"] != "succeeded":
+        if not as_json and result["state"] not in TERMINAL:
+            err.print(f"job {result['job']} is still {result['state']} after {wait_timeout:g}s (--wait-timeout)")
+        elif not as_json and result["state"] != "succeeded":
             err.print(f"job {result['job']} {result['state']}: {escape(result.get('reason', ''))}")
         raise typer.Exit(outcome_code(result["state"]))
 
