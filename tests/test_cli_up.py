@@ -41,6 +41,9 @@ def test_ember_up_then_submit_probe_job_and_wait(tmp_path: Path) -> None:
         assert submit.returncode == 0, submit.stdout + submit.stderr
         for state in ("submitted", "building", "placing", "deploying", "running", "succeeded"):
             assert state in submit.stdout, submit.stdout
+        second = subprocess.run([*EMBER, "up"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 6 and "already runs" in second.stderr, second.stderr
+        assert (home / "broker.json").exists()  # the running stack's files are left alone
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(60)

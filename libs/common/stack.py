@@ -71,6 +71,7 @@ class Stack:
         self._base_env = base
         self._lock = threading.Lock()
         self._stopped = False
+        self._owns_state = False
         if self.color is None:
             self.color = bool(self.echo is not None and hasattr(self.echo, "isatty") and self.echo.isatty())
         self.sup = Supervisor(self.home / "logs", cwd=self.home, echo=self.echo, color=self.color, grace=self.grace)
@@ -113,12 +114,14 @@ class Stack:
     def start(self, *, ready_timeout: float = 90.0) -> Stack:
         """Start the broker, services, mldata and flamelets; return once the stack is ready."""
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        self._refuse_second_stack()
         self._stopped = False
         if self.mqtt_url:
             self.url = self.mqtt_url
         else:
             self._start_broker()
         self.broker_file.write_text(json.dumps({"url": self.url, "pid": os.getpid()}) + "\n")
+        self._owns_state = True
         env = self._service_env()
         for name in self.services:
             self.sup.add(name, [sys.executable, "-m", f"ember.{name}"], env, group=1)
@@ -182,6 +185,8 @@ class Stack:
                 return
             self._stopped = True
         self.sup.stop_all()
+        if not self._owns_state:  # e.g. refused because another stack runs here: leave its files
+            return
         with contextlib.suppress(FileNotFoundError):
             self.broker_file.unlink()
         for node in self.nodes:
@@ -207,6 +212,15 @@ class Stack:
         return 0
 
     # --- internals -------------------------------------------------------------------------
+    def _refuse_second_stack(self) -> None:
+        """Two stacks on one home would share the event log and the services' client ids."""
+        try:
+            pid = int(json.loads(self.broker_file.read_text()).get("pid", 0))
+        except (OSError, ValueError, AttributeError):
+            return
+        if pid and pid != os.getpid() and Path(f"/proc/{pid}").exists():
+            raise StackError(f"a stack (pid {pid}) already runs with EMBER_HOME={self.home}: stop it first or use another --home")
+
     def _service_env(self) -> dict[str, str]:
         settings = Settings.from_env(self._base_env, home=str(self.home))
         env = dict(self._base_env)
