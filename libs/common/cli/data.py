@@ -98,7 +98,7 @@ def push(
     token: str | None = TOKEN_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Upload a file as one partition of TAG to a node's mldata."""
+    """Upload FILE (.parquet, .csv, .arrow/.feather, .jsonl) as one partition of TAG to a node's mldata."""
     if not file.is_file():
         fail(NotFound(f"no file at {file}"))
 

@@ -56,7 +56,7 @@ def submit(
     timeout: float = TIMEOUT_OPTION,
     wait_timeout: float = typer.Option(0, "--wait-timeout", min=0, help="With --wait: give up after this many seconds (0: never)."),
 ) -> None:
-    """Submit a job spec to the manager.
+    """Submit the job spec FILE (YAML) to the manager; relative code paths start at FILE's folder.
 
     The manager validates the spec; an invalid spec prints each bad field and exits with code 2.
     """
@@ -106,7 +106,7 @@ def list_jobs(as_json: bool = JSON_OPTION, timeout: float = TIMEOUT_OPTION) -> N
 
 @app.command()
 def show(job: str = JOB_ARG, as_json: bool = JSON_OPTION, timeout: float = TIMEOUT_OPTION) -> None:
-    """Show a job: every state transition with its time and reason, its actors and its rounds."""
+    """Show job JOB: every state transition with its time and reason, its actors and its rounds."""
     summary = request("jobs.get", {"job": job}, timeout=timeout)
     if as_json:
         print_json(summary)
@@ -116,7 +116,7 @@ def show(job: str = JOB_ARG, as_json: bool = JSON_OPTION, timeout: float = TIMEO
 
 @app.command()
 def cancel(job: str = JOB_ARG, as_json: bool = JSON_OPTION, timeout: float = TIMEOUT_OPTION) -> None:
-    """Cancel a job: its actors are stopped on every node. Exits 4 if the job already ended."""
+    """Cancel job JOB: its actors are stopped on every node. Exits 4 if the job already ended."""
     summary = request("jobs.cancel", {"job": job}, timeout=timeout)
     if as_json:
         print_json(summary)
@@ -129,7 +129,7 @@ def watch(
     job: str = JOB_ARG,
     as_json: bool = typer.Option(False, "--json", help="Print the final job summary as JSON when it ends."),
 ) -> None:
-    """Live view of a job's state, its actors and (once rounds exist) a progress bar over rounds.
+    """Live view of job JOB: its state, its actors and (once rounds exist) a progress bar over rounds.
 
     Ends when the job is terminal; the exit code is that of `submit --wait`.
     """
@@ -159,7 +159,7 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until the job ends."),
     timeout: float = TIMEOUT_OPTION,
 ) -> None:
-    """Print the actors' output: the last lines each reported, then (with --follow) new lines live."""
+    """Print the output of job JOB's actors; with --follow, new lines live until the job ends."""
 
     async def main() -> None:
         async with connect() as bus:
