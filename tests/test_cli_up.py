@@ -50,5 +50,11 @@ def test_ember_up_then_submit_probe_job_and_wait(tmp_path: Path) -> None:
         log.close()
     assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
     assert not (home / "broker.json").exists()  # removed on a clean shutdown
-    out = (tmp_path / "up.log").read_text()
-    assert "manager" in out and "node-1" in out  # every process's lines, prefixed by its name
+    lines = (tmp_path / "up.log").read_text().splitlines()
+    assert any(line.startswith("manager ") for line in lines) and any(line.startswith("node-1 ") for line in lines)
+
+    def last(marker: str) -> int:
+        return max(i for i, line in enumerate(lines) if marker in line)
+
+    # ordered shutdown: every flamelet (and so every actor) before the control-plane services
+    assert last('"flamelet.stopped"') < min(last('"manager.stopped"'), last('"notifier.stopped"'))
