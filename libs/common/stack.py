@@ -129,7 +129,7 @@ class Stack:
         for name in [*self.services, *(f"mldata-{i}" for i in range(1, len(mldata) + 1))]:
             self.sup.spawn(self.procs[name])
         for node, (port, _) in mldata.items():
-            wait_for_port("127.0.0.1", port, timeout=60, process=self.procs[f"mldata-{node.split('-')[1]}"].popen)
+            self._wait_listening(f"mldata-{node.split('-')[1]}", port)
         for i, node in enumerate(self.nodes, 1):
             fenv = dict(env, EMBER_NODE_ID=node)
             if node in mldata:
@@ -165,7 +165,7 @@ class Stack:
             self.sup.stop_group([proc])
         self.sup.spawn(proc)
         if name == "mosquitto":
-            wait_for_port("127.0.0.1", self._broker_port, timeout=30, process=proc.popen)
+            self._wait_listening(name, self._broker_port)
 
     def exited(self) -> dict[str, int]:
         """Processes that exited without being asked to: name -> exit status."""
@@ -212,6 +212,12 @@ class Stack:
         return 0
 
     # --- internals -------------------------------------------------------------------------
+    def _wait_listening(self, name: str, port: int, timeout: float = 60.0) -> None:
+        try:
+            wait_for_port("127.0.0.1", port, timeout=timeout, process=self.procs[name].popen)
+        except (RuntimeError, TimeoutError) as exc:
+            raise StackError(f"{name} is not listening on port {port} ({exc}):\n{self.tail(name)}") from None
+
     def _refuse_second_stack(self) -> None:
         """Two stacks on one home would share the event log and the services' client ids."""
         try:
@@ -239,9 +245,12 @@ class Stack:
         self._broker_port = self.mqtt_port or free_port()
         conf = broker_dir / "mosquitto.conf"
         conf.write_text(broker_config(self._broker_port, broker_dir / "data"))
-        proc = self.sup.add("mosquitto", [mosquitto_binary(), "-c", str(conf)], dict(self._base_env), group=0)
-        self.sup.spawn(proc)
-        wait_for_port("127.0.0.1", self._broker_port, timeout=30, process=proc.popen)
+        try:
+            binary = mosquitto_binary()
+        except RuntimeError as exc:  # not installed: say what to install
+            raise StackError(str(exc)) from None
+        self.sup.spawn(self.sup.add("mosquitto", [binary, "-c", str(conf)], dict(self._base_env), group=0))
+        self._wait_listening("mosquitto", self._broker_port, 30)
         self.url = f"mqtt://127.0.0.1:{self._broker_port}"
 
     def _add_mldata(self, index: int, node: str, env: dict[str, str]) -> tuple[int, str]:
