@@ -140,6 +140,30 @@ async def test_success_path_from_reports(manager, client, eventlog):
         await client.request("jobs.cancel", {"job": job})
 
 
+async def test_rounds_recorded_once_and_get_can_ask_for_the_latest_only(manager, client, eventlog):
+    job = (await client.request("jobs.submit", {"spec": SPEC}))["job"]
+    topic = topics.JOB_PROGRESS.format(ROOT, job=job)
+    for number in (1, 2, 2, 3):  # round 2 re-sent (a reconnecting aggregator): recorded once
+        progress = RoundCompleted(round=number, metrics={"accuracy": 0.5 + number / 10}, learners=[f"{job}-l0"])
+        await client.publish(topic, client.envelope("RoundCompleted", progress.model_dump(mode="json")))
+
+    async def three_rounds():
+        summary = await client.request("jobs.get", {"job": job})
+        return summary if summary["rounds_completed"] == 3 else None
+
+    summary = await assert_eventually(three_rounds, timeout=15, interval=0.05, message="the 3 rounds never reached the job")
+    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3]
+    latest = await client.request("jobs.get", {"job": job, "rounds": 1})
+    assert [r["round"] for r in latest["rounds"]] == [3] and latest["rounds_completed"] == 3
+    assert latest["rounds"][0]["metrics"] == {"accuracy": 0.8}
+    listed = await client.request("jobs.list", {})
+    assert listed[0]["rounds_completed"] == 3 and "rounds" not in listed[0]
+    with pytest.raises(InvalidRequest) as err:
+        await client.request("jobs.get", {"job": job, "rounds": -1})
+    assert "rounds" in str(err.value)
+    assert [e.id for e in await eventlog.read() if e.type == "RoundCompleted"] == [fact_id(job, "round", n) for n in (1, 2, 3)]
+
+
 async def test_failing_learner_fails_the_job_with_its_log_tail(manager, client, eventlog):
     job = (await client.request("jobs.submit", {"spec": SPEC}))["job"]
     await simulate_build_and_placement(client, eventlog, job)

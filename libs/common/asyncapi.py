@@ -36,9 +36,15 @@ class SubmitJob(_Doc):
 
 
 class JobRef(_Doc):
-    """`req/jobs.get`, `req/jobs.cancel`: one job id."""
+    """`req/jobs.cancel`: one job id."""
 
     job: str
+
+
+class GetJob(JobRef):
+    """`req/jobs.get`: one job id; `rounds` keeps only the latest N rounds (default: all)."""
+
+    rounds: int | None = Field(default=None, ge=0)
 
 
 class NoArguments(_Doc):
@@ -68,7 +74,7 @@ class SensorReadings(_Doc):
 REQUESTS: dict[str, type[BaseModel]] = {
     "jobs.submit": SubmitJob,
     "jobs.cancel": JobRef,
-    "jobs.get": JobRef,
+    "jobs.get": GetJob,
     "jobs.list": NoArguments,
     "nodes.list": NoArguments,
 }

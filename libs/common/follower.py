@@ -12,11 +12,12 @@ triggered): act on the current state, append with deterministic event ids.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from ember import topics
 from ember.bus import Bus, Message
 from ember.eventlog.base import EventLog, StoredEvent
+from ember.events import RoundCompleted
 from ember.log import get_logger
 from ember.projection import Projection
 
@@ -24,18 +25,33 @@ Reconcile = Callable[[Projection, list[StoredEvent]], Awaitable[None]]
 
 
 class LogFollower:
-    def __init__(self, eventlog: EventLog, bus: Bus, reconcile: Reconcile, *, name: str, resync_every: float = 2.0) -> None:
+    """`quiet` names event types that do not wake the follower: they are folded at the next
+    catch-up. By default `RoundCompleted`: progress changes no state that a service's reconcile
+    acts on, and a job can report dozens of rounds a second."""
+
+    def __init__(
+        self,
+        eventlog: EventLog,
+        bus: Bus,
+        reconcile: Reconcile,
+        *,
+        name: str,
+        resync_every: float = 2.0,
+        quiet: Collection[str] = (RoundCompleted.__name__,),
+    ) -> None:
         self.eventlog = eventlog
         self.bus = bus
         self.projection = Projection()
         self._reconcile = reconcile
         self._wake = asyncio.Event()
         self._resync_every = resync_every
+        self._quiet = frozenset(quiet)
         self.log = get_logger("ember.follower", consumer=name)
         bus.subscribe(topics.EVENT, self._on_event)
 
-    async def _on_event(self, _message: Message) -> None:
-        self._wake.set()
+    async def _on_event(self, message: Message) -> None:
+        if message.params.get("type") not in self._quiet:
+            self._wake.set()
 
     def wake(self) -> None:
         """Catch up and reconcile now (e.g. when a node appeared or went offline)."""

@@ -71,6 +71,7 @@ class JobView:
     generation: int = 0
     actors: dict[str, ActorView] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    round_numbers: set[int] = field(default_factory=set)
     result: dict[str, Any] = field(default_factory=dict)
 
     def current_actors(self) -> list[ActorView]:
@@ -83,7 +84,10 @@ class JobView:
     def aggregator(self) -> ActorView | None:
         return next((a for a in self.current_actors() if a.role == Role.AGGREGATOR), None)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, last_rounds: int | None = None) -> dict[str, Any]:
+        """The job as `jobs.get` returns it; `last_rounds` keeps only the latest N rounds
+        (`rounds_completed` always counts them all)."""
+        rounds = self.rounds if last_rounds is None else self.rounds[-last_rounds:] if last_rounds > 0 else []
         return {
             "job": self.id,
             "name": self.name,
@@ -106,7 +110,8 @@ class JobView:
                 }
                 for a in self.actors.values()
             ],
-            "rounds": self.rounds,
+            "rounds": rounds,
+            "rounds_completed": len(self.rounds),
             "rounds_planned": (self.spec.get("training") or {}).get("rounds", 3),
             "result": self.result,
             "artifact": self.artifact.model_dump() if self.artifact else None,
@@ -199,7 +204,8 @@ class Projection:
         if isinstance(event, JobRunning):
             return self._move(job, S.RUNNING, event.reason, stored, (S.DEPLOYING,))
         if isinstance(event, RoundCompleted):
-            if all(r["round"] != event.round for r in job.rounds):
+            if event.round not in job.round_numbers:
+                job.round_numbers.add(event.round)
                 job.rounds.append(event.model_dump(mode="json"))
             return False
         nonterminal = (S.SUBMITTED, S.BUILDING, S.PLACING, S.DEPLOYING, S.RUNNING)

@@ -137,7 +137,7 @@ class Supervisor:
 
     def _pump(self, proc: Proc, popen: subprocess.Popen[bytes], color: str) -> None:
         assert popen.stdout is not None
-        width = max(len(n) for n in self.procs) if self.procs else 8
+        width = max(map(len, list(self.procs)), default=8)  # a copy: other threads add processes
         with open(self.log_path(proc.name), "ab") as log:
             for raw in iter(popen.stdout.readline, b""):
                 log.write(raw)

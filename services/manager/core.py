@@ -72,9 +72,9 @@ class Manager:
             raise Conflict(f"job {job} is already {view.state.value}: {view.reason}")
         return view.summary()
 
-    async def get(self, job: str) -> dict[str, Any]:
+    async def get(self, job: str, rounds: int | None = None) -> dict[str, Any]:
         await self.catch_up()
-        return jobs.find(self.projection, job).summary()
+        return jobs.find(self.projection, job).summary(last_rounds=rounds)
 
     async def list_jobs(self) -> list[dict[str, Any]]:
         await self.catch_up()

@@ -60,7 +60,8 @@ def register(bus: Bus, manager: Manager, gate: Gate) -> None:
         return await manager.cancel(jobs.parse_request(jobs.JobRef, envelope.data).job)
 
     async def get(envelope: Envelope) -> Any:
-        return await manager.get(jobs.parse_request(jobs.JobRef, envelope.data).job)
+        request = jobs.parse_request(jobs.GetRequest, envelope.data)
+        return await manager.get(request.job, request.rounds)
 
     async def list_jobs(envelope: Envelope) -> Any:
         jobs.parse_request(jobs.Empty, envelope.data)

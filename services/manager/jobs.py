@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ember.errors import Conflict, InvalidRequest, NotFound
 from ember.events import JobCancelled, JobSubmitted, fact_id
@@ -27,6 +27,11 @@ class SubmitRequest(_Request):
 
 class JobRef(_Request):
     job: str
+
+
+class GetRequest(JobRef):
+    rounds: int | None = Field(default=None, ge=0)
+    """Only the latest N rounds (a live view needs the newest, not all of them); None: all."""
 
 
 class Empty(_Request):
@@ -88,8 +93,7 @@ def listing(projection: Projection) -> list[dict[str, Any]]:
     """Every job's summary without its rounds, oldest first."""
     out = []
     for view in sorted(projection.jobs.values(), key=lambda v: (v.submitted, v.id)):
-        summary = view.summary()
-        summary.pop("rounds", None)
-        summary["rounds_completed"] = len(view.rounds)
+        summary = view.summary(last_rounds=0)
+        summary.pop("rounds")
         out.append(summary)
     return out

@@ -57,12 +57,13 @@ def progress(job: dict[str, Any], expected: int | None = None) -> RenderableType
     done = job.get("rounds") or []
     if not done:
         return None
-    total = max(expected or total_rounds(job), len(done))
+    completed = max(int(job.get("rounds_completed") or 0), len(done))
+    total = max(expected or total_rounds(job), completed)
     grid = Table.grid(padding=(0, 1))
     grid.add_row(
         Text("rounds"),
-        ProgressBar(total=total, completed=len(done), width=40),
-        Text(f"{len(done)}/{total}"),
+        ProgressBar(total=total, completed=completed, width=40),
+        Text(f"{completed}/{total}"),
         Text(_metrics(done[-1].get("metrics", {}))),
     )
     return grid

@@ -1,7 +1,12 @@
 """Follow a job until it ends: a live rich view on a terminal, one line per transition otherwise.
 
 Woken by the job's events (`events/job/#`) and its actors' states; the manager's `jobs.get` is the
-truth that is rendered. A manager that stops answering for a while (restart) is waited for.
+truth that is rendered. Wake-ups are coalesced: at most one `jobs.get` per `min_interval` (a job
+whose rounds take milliseconds would otherwise have every round answered with the whole summary,
+all rounds included, which costs the manager more than the training), and the live view asks
+for the latest `LIVE_ROUNDS` rounds only; the summary returned at the end holds them all. A
+manager that stops
+answering for a while (restart) is waited for.
 """
 
 from __future__ import annotations
@@ -22,10 +27,19 @@ from ember.cli.render import detail
 from ember.errors import RequestTimeout, Unavailable
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+LIVE_ROUNDS = 10
+"""Rounds the live view shows (and asks the manager for); the bar counts every round."""
 
 
 async def follow_job(
-    bus: Bus, job: str, console: Console, *, timeout: float | None = None, refresh: float = 1.0, settle: float = 3.0
+    bus: Bus,
+    job: str,
+    console: Console,
+    *,
+    timeout: float | None = None,
+    refresh: float = 1.0,
+    settle: float = 3.0,
+    min_interval: float = 0.2,
 ) -> dict[str, Any]:
     """Render `job` as it changes until it is terminal (or `timeout` s pass); return its summary."""
     wake = asyncio.Event()
@@ -47,8 +61,9 @@ async def follow_job(
     with live if live is not None else contextlib.nullcontext():
         while True:
             wake.clear()
+            asked = loop.time()
             try:
-                summary = await call(bus, "jobs.get", {"job": job}, timeout=3.0)
+                summary = await call(bus, "jobs.get", {"job": job, "rounds": LIVE_ROUNDS}, timeout=3.0)
                 waiting_note = False
             except (RequestTimeout, Unavailable):
                 if summary is None and not waiting_note:
@@ -64,13 +79,25 @@ async def follow_job(
                     # the job ends with its aggregator; give the learners' last reports a moment
                     ended_at = ended_at if ended_at is not None else loop.time()
                     if _actors_settled(summary) or loop.time() - ended_at >= settle:
-                        return summary
+                        return await _whole(bus, job, summary)
             if deadline is not None and loop.time() >= deadline:
                 if summary is None:
                     raise RequestTimeout(f"no manager answered about job {job}")
-                return summary
+                return await _whole(bus, job, summary)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), refresh)
+            await asyncio.sleep(max(0.0, asked + min_interval - loop.time()))  # coalesce bursts of events
+
+
+async def _whole(bus: Bus, job: str, latest: dict[str, Any]) -> dict[str, Any]:
+    """The job's summary with every round (the live one holds the latest few); `latest` if the
+    manager does not answer."""
+    if latest.get("rounds_completed", 0) <= len(latest.get("rounds", [])):
+        return latest
+    try:
+        return await call(bus, "jobs.get", {"job": job}, timeout=3.0)
+    except (RequestTimeout, Unavailable):
+        return latest
 
 
 def _actors_settled(summary: dict[str, Any]) -> bool:

@@ -6,7 +6,7 @@
    if they come within a short grace), else fails `only N learners ready ..., minimum M`;
 2. runs the ModelManager's strategy or the user's ServerApp on `MqttGrid` in a worker thread;
 3. after each round publishes `RoundCompleted` on `jobs/{job}/progress` and logs the round
-   to MLflow; fails `only N learners left, minimum M` when too few learners remain;
+   to MLflow (batched: at most one write every `MLFLOW_INTERVAL_S`); fails `only N learners left, minimum M` when too few learners remain;
 4. logs and registers the final model, publishes `JobResult` (metrics, MLflow run id, model
    version) on `jobs/{job}/progress`, and sends `done` to every learner.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,12 @@ from ember.fl.serverapp import run_model_manager, run_server_app
 from ember.fl.tracking import Tracker
 from ember.jobspec import JobSpec
 from ember.log import get_logger
+
+
+MLFLOW_INTERVAL_S = 2.0
+"""Round metrics reach MLflow at most this often, batched (an MLflow write costs a fast round's
+worth of CPU): a round that ends this long after the last write (or the start) is written at
+once, faster ones wait for the next write, and `_drain` writes the rest before the result."""
 
 
 def run_id_for(job: str) -> int:
@@ -77,6 +84,8 @@ class Aggregator:
         self._tracker: Tracker | None = None
         self._reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-mlflow")
         self._reports: list[Future[Any]] = []
+        self._unlogged: list[RoundStats] = []
+        self._logged_at = time.monotonic()
 
     async def run(self) -> AggregatorResult:
         """Train; never raises for a job failure (see `result.ok` / `result.reason`)."""
@@ -143,8 +152,9 @@ class Aggregator:
         self.log.info("aggregator.round", **stats.event_data())
         # Reporting stays off the round's critical path: MLflow writes run in their own thread
         # (in order), the publish on the loop; `_drain` waits for both before the result.
-        if self._tracker is not None:
-            self._reports.append(self._reporter.submit(self._tracker.log_round, stats))
+        self._unlogged.append(stats)
+        if time.monotonic() - self._logged_at >= MLFLOW_INTERVAL_S:
+            self._log_rounds()
         envelope = RoundCompleted(**stats.event_data()).envelope(
             self.job, source=self.actor, event_id=fact_id(self.job, "round", stats.round)
         )
@@ -155,8 +165,16 @@ class Aggregator:
         if reason:
             raise TooFewLearners(reason)
 
+    def _log_rounds(self) -> None:
+        """Hand the rounds not yet in MLflow to the MLflow thread, as one batch."""
+        rounds, self._unlogged = self._unlogged, []
+        if self._tracker is not None and rounds:
+            self._logged_at = time.monotonic()
+            self._reports.append(self._reporter.submit(self._tracker.log_rounds, rounds))
+
     def _drain(self, quiet: bool = False) -> None:
         """Wait for every round report (MLflow, publish); raise the first error unless quiet."""
+        self._log_rounds()
         reports, self._reports = self._reports, []
         for future in reports:
             try:

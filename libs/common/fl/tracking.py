@@ -23,6 +23,8 @@ from ember.jobspec import JobSpec
 from ember.sdk.model import ModelManager
 
 DISABLED = ("none", "off", "disabled")
+MAX_BATCH_METRICS = 1000
+"""MLflow's limit of metrics in one `log_batch`."""
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:
@@ -90,13 +92,17 @@ class Tracker:
             self.client.log_batch(self.run_id, params=params[start : start + 100])
         return self.run_id
 
-    def log_round(self, stats: RoundStats) -> None:
+    def log_rounds(self, rounds: list[RoundStats]) -> None:
+        """Every round's metrics at `step=round`, in as few `log_batch` calls as MLflow allows."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        values = {**stats.metrics, "learners": len(stats.learners), "learners_failed": len(stats.failed), "round_duration_s": stats.duration_s}
-        metrics = [Metric(key, float(value), now, stats.round) for key, value in values.items()]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        metrics = []
+        for stats in rounds:
+            values = {**stats.metrics, "learners": len(stats.learners), "learners_failed": len(stats.failed), "round_duration_s": stats.duration_s}
+            metrics += [Metric(key, float(value), now, stats.round) for key, value in values.items()]
+        for start in range(0, len(metrics), MAX_BATCH_METRICS):
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + MAX_BATCH_METRICS])
 
     def log_model(self, manager: ModelManager, code_dir: str | Path | None = None) -> str:
         """Log the final model with its flavour and register it; returns the model version."""
