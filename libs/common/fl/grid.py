@@ -55,6 +55,10 @@ def node_id_for(actor: str) -> int:
     return int.from_bytes(hashlib.sha256(actor.encode()).digest()[:7], "big") + 2
 
 
+_Outgoing = tuple[str, str, Message, int, list[bytes]]
+"""A message ready to push: (message id, learner actor, message, round number, frames)."""
+
+
 @dataclass
 class _Pending:
     message: Message
@@ -115,7 +119,33 @@ class MqttGrid(Grid):
         return self._call(self._live_ids())
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        batch: list[tuple[str, str, Message, int, list[bytes]]] = []
+        batch = self._prepare(messages)
+        self._call(self._push_all(batch))
+        return [message_id for message_id, *_ in batch]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = []
+        for pending, data in self._call(self._take(list(message_ids), drop_missing=False)):
+            replies.append(self._reply(pending, data))
+        return replies
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        batch = self._prepare(messages)
+        if not batch:
+            return []
+        replies = []
+        for pending, data in self._call(self._exchange(batch, timeout)):
+            if pending.future.done():
+                replies.append(self._reply(pending, data))
+            else:
+                self.stats["timeouts"] += 1
+                self.book.replied(pending.round, pending.actor, ok=False)
+                self.log.warning("grid.no_reply", actor=pending.actor, timeout=timeout)
+        return replies
+
+    def _prepare(self, messages: Iterable[Message]) -> list[_Outgoing]:
+        """Serialise and frame each message (in the strategy's thread, off the loop)."""
+        batch: list[_Outgoing] = []
         for message in messages:
             actor = self._actor_of.get(message.metadata.dst_node_id)
             if actor is None:
@@ -127,29 +157,7 @@ class MqttGrid(Grid):
             if self.on_round_start is not None:
                 self.on_round_start(number)
             batch.append((message_id, actor, message, number, frames))
-        self._call(self._push_all(batch))
-        return [message_id for message_id, *_ in batch]
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        replies = []
-        for pending, data in self._call(self._take(list(message_ids), drop_missing=False)):
-            replies.append(self._reply(pending, data))
-        return replies
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        ids = list(self.push_messages(messages))
-        if not ids:
-            return []
-        self._call(self._wait(ids, timeout))
-        replies = []
-        for pending, data in self._call(self._take(ids, drop_missing=True)):
-            if pending.future.done():
-                replies.append(self._reply(pending, data))
-            else:
-                self.stats["timeouts"] += 1
-                self.book.replied(pending.round, pending.actor, ok=False)
-                self.log.warning("grid.no_reply", actor=pending.actor, timeout=timeout)
-        return replies
+        return batch
 
     # --- lifecycle and membership (on the event loop) ---------------------------------------
     def bind(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -233,7 +241,7 @@ class MqttGrid(Grid):
         self._check()
         return sorted(self._node_of[actor] for actor in self.live())
 
-    async def _push_all(self, batch: list[tuple[str, str, Message, int, list[bytes]]]) -> None:
+    async def _push_all(self, batch: list[_Outgoing]) -> None:
         self._check()
         sends = []
         for message_id, actor, message, number, frames in batch:
@@ -244,6 +252,13 @@ class MqttGrid(Grid):
             else:
                 sends.append(self._send(actor, frames))
         await asyncio.gather(*sends)
+
+    async def _exchange(self, batch: list[_Outgoing], timeout: float | None) -> list[tuple[_Pending, bytes | None]]:
+        """Push, wait for the replies, take them: one hop from the strategy's thread, not three."""
+        ids = [message_id for message_id, *_ in batch]
+        await self._push_all(batch)
+        await self._wait(ids, timeout)
+        return await self._take(ids, drop_missing=True)
 
     async def _send(self, actor: str, frames: list[bytes]) -> None:
         topic = self._down(actor)
