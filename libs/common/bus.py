@@ -285,7 +285,8 @@ class Bus:
             payload = payload.to_bytes()
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            await self.wait_connected(max(0.01, deadline - asyncio.get_running_loop().time()))
+            if not self._connected.is_set():  # connected: no wait_for (it costs a task per publish)
+                await self.wait_connected(max(0.01, deadline - asyncio.get_running_loop().time()))
             client = self._client
             try:
                 assert client is not None

@@ -38,8 +38,11 @@ def _metrics(metrics: dict[str, Any]) -> str:
 
 
 def rounds(job: dict[str, Any]) -> Table:
-    t = table("ROUND", "DURATION", "LEARNERS", "METRICS", title="Rounds")
-    for r in job.get("rounds", []):
+    shown = job.get("rounds", [])
+    completed = int(job.get("rounds_completed") or len(shown))
+    title = "Rounds" if completed <= len(shown) else f"Rounds (latest {len(shown)} of {completed})"
+    t = table("ROUND", "DURATION", "LEARNERS", "METRICS", title=title)
+    for r in shown:
         t.add_row(str(r.get("round")), f"{r.get('duration_s', 0):.2f}s", str(len(r.get("learners", []))), escape(_metrics(r.get("metrics", {}))))
     return t
 
