@@ -231,9 +231,9 @@ class Bus:
             self._on_reply(payload, msg.properties)
             return
         for sub in self._subs:
-            if not msg.topic.matches(sub.filter):
+            params = sub.template.match(self.root, topic)
+            if params is None or any(params[name] != value for name, value in sub.fixed.items()):
                 continue
-            params = sub.template.match(self.root, topic) or {}
             envelope = None
             if not sub.raw:
                 if not payload:  # a cleared retained message

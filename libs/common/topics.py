@@ -16,9 +16,11 @@ class TopicTemplate:
     pattern: str
     description: str = ""
     params: tuple[str, ...] = field(init=False)
+    levels: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(re.findall(r"{(\w+)}", self.pattern)))
+        object.__setattr__(self, "levels", tuple(self.pattern.split("/")))
 
     def format(self, root: str, **params: str) -> str:
         for name, value in params.items():
@@ -32,9 +34,22 @@ class TopicTemplate:
         return f"{root}/{self.pattern.format(**values)}"
 
     def match(self, root: str, topic: str) -> dict[str, str] | None:
-        regex = "^" + re.escape(f"{root}/") + re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(self.pattern)) + "$"
-        found = re.match(regex, topic)
-        return found.groupdict() if found else None
+        """The parameters of `topic` if it is one of this template's topics under `root`, else None
+        (runs for every message a service receives: level by level, no regex)."""
+        if not topic.startswith(root) or topic[len(root) : len(root) + 1] != "/":
+            return None
+        levels = topic[len(root) + 1 :].split("/")
+        if len(levels) != len(self.levels):
+            return None
+        params: dict[str, str] = {}
+        for want, got in zip(self.levels, levels):
+            if want[:1] == "{":
+                if not got:
+                    return None
+                params[want[1:-1]] = got
+            elif want != got:
+                return None
+        return params
 
 
 REQUEST = TopicTemplate("req/{action}", "requests to the manager (MQTT 5 response topic + correlation data)")
