@@ -232,6 +232,34 @@ def test_restart_reloads_catalogue_and_schema(tmp_path: Path) -> None:
         with pytest.raises(SchemaMismatch):
             store.write_table("t", pa.table({"x": [1]}))
 
+def test_serving_copy_is_streamed_and_never_trusted_over_the_parquet(tmp_path: Path) -> None:
+    table = readings(300_000)
+    with PartitionStore(tmp_path / "d") as store:
+        name = store.write_table("t", table).partition.name
+        copy = store.serving.path(name)
+        wait_until(copy.exists, message="no serving copy was written")
+        schema, batches = store.iter_batches(name)
+        streamed = list(batches)
+        assert len(streamed) > 1 and pa.Table.from_batches(streamed, schema).equals(table)
+        del streamed, batches  # they map the copy, which is cut short in place below
+        copy.write_bytes(copy.read_bytes()[: copy.stat().st_size // 2])  # torn (a crash before the data hit disk)
+        schema, batches = store.iter_batches(name)
+        assert pa.Table.from_batches(list(batches), schema).equals(table)  # from the Parquet file
+        assert not copy.exists()
+    with PartitionStore(tmp_path / "d") as store:  # a restart writes the missing copy again
+        wait_until(copy.exists, message="the serving copy was not rewritten at start-up")
+        (store.serving.dir / f"{TMP_PREFIX}orphan.arrow").write_bytes(b"partial")
+        store.drop(name=name)
+        assert not copy.exists()
+    with PartitionStore(tmp_path / "d") as store:
+        assert os.listdir(store.serving.dir) == []  # unfinished copies are swept
+    with PartitionStore(tmp_path / "e", serving_copies=False) as store:
+        name = store.write_table("t", table).partition.name
+        schema, batches = store.iter_batches(name)
+        assert pa.Table.from_batches(list(batches), schema).equals(table)
+        assert not (store.root / "serving").exists()
+
+
 def start_mldata(data: Path, port: int, home: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "ember.mldata", "--port", str(port), "--host", "127.0.0.1"]
     cmd += ["--data-dir", str(data), "--token", TOKEN, "--node", "crash-node", "--no-ingest"]

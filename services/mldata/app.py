@@ -41,6 +41,7 @@ class MldataService:
         self.store = PartitionStore(
             settings.data_dir(),
             compression=settings.mldata_compression,
+            serving_copies=settings.mldata_serving_copies,
             on_change=lambda store: write_summary(store, self.node),
         )
         self.ingestor = Ingestor(

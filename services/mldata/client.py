@@ -9,7 +9,6 @@ types are widened) and sorts by `ts` when that column exists.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,6 +21,7 @@ from ember.mldata.auth import bearer_headers
 from ember.mldata.errors import InvalidTag, NoDataError, PartitionNotFound, SchemaMismatch
 from ember.mldata.settings import MldataSettings
 
+DEFAULT_PARALLEL = 4
 _TYPED = {cls.code: cls for cls in (InvalidTag, SchemaMismatch, PartitionNotFound, NoDataError)}
 
 
@@ -122,11 +122,12 @@ def load_table(
 ) -> pa.Table:
     """Every partition of `tags` on the local mldata as one table (see the module doc).
 
-    `parallel` partitions are fetched at once (default: the CPU count, at most 4). Raises
+    `parallel` partitions are fetched at once (default 4: the server streams memory-mapped
+    serving copies, so the streams wait on the transport, not on decoding). Raises
     `NoDataError("no data for tags [...] on node N")` when nothing matches.
     """
     tags = list(tags)
-    parallel = parallel or min(4, os.cpu_count() or 1)
+    parallel = parallel or DEFAULT_PARALLEL
     if url is None or token is None or node is None:
         settings = settings or MldataSettings.from_env()
         url = url or settings.url()

@@ -37,7 +37,10 @@ class MldataSettings(Settings):
     mldata_ingest: bool = True
     """Subscribe to `data/{tag}` on the broker; off: Flight only."""
     mldata_batch_rows: int = Field(default=1 << 17, gt=0)
-    """Rows per record batch streamed by `do_get`."""
+    """Rows per record batch streamed by `do_get` from a Parquet file."""
+    mldata_serving_copies: bool = True
+    """Keep an Arrow IPC copy of each partition under `serving/` that `do_get` streams without
+    decoding (~1.5x faster to fetch; costs about the uncompressed size on disk)."""
 
     def data_dir(self) -> Path:
         return (self.mldata_data_dir or self.home / "mldata" / (self.node_id or "local")).expanduser()

@@ -8,6 +8,7 @@ stored once. The first partition of a tag fixes its schema (see `ember.mldata.sc
 
 One process owns a data directory (an advisory `flock` on `.lock` enforces it); its in-memory
 catalogue is built at start-up from the partition footers and kept current on every change.
+Reads stream each partition's Arrow IPC serving copy when it has one (`ember.mldata.serving`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ember.mldata import schema as schemas
 from ember.mldata.errors import PartitionNotFound, SchemaMismatch
 from ember.mldata.names import PARTITION_RE, TMP_PREFIX, check_tag, parse_partition, partition_name
 from ember.mldata.prefetch import prefetch
+from ember.mldata.serving import ServingCopies
 from ember.mldata.sink import HashingSink, fsync_dir
 
 TS_COLUMN = "ts"
@@ -82,6 +84,7 @@ class PartitionStore:
         row_group_rows: int = 1 << 20,
         row_group_bytes: int = 256 << 20,
         on_change: Callable[[PartitionStore], None] | None = None,
+        serving_copies: bool = True,
     ) -> None:
         self.root = Path(root)
         self.compression = compression
@@ -92,6 +95,7 @@ class PartitionStore:
         self._parts: dict[str, Partition] = {}
         self._schemas: dict[str, pa.Schema] = {}
         self._lock_fd: int | None = None
+        self.serving = ServingCopies(self.root) if serving_copies else None
 
     # Lifecycle ----------------------------------------------------------------------------
     def open(self) -> PartitionStore:
@@ -113,6 +117,10 @@ class PartitionStore:
             self._parts[part.name] = part
             ref = self._schemas.get(part.tag)
             self._schemas[part.tag] = part.schema if ref is None else schemas.merge(ref, part.schema)
+        if self.serving is not None:
+            self.serving.open(keep=self._parts)
+            for part in self._parts.values():
+                self._serve(part)
         return self
 
     @property
@@ -120,6 +128,8 @@ class PartitionStore:
         return self._lock_fd is not None
 
     def close(self) -> None:
+        if self.serving is not None:
+            self.serving.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -149,8 +159,12 @@ class PartitionStore:
         return self.root / self.get(name).name
 
     def iter_batches(self, name: str, batch_size: int = 1 << 17) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        """Stream one partition row group by row group; never loads it whole."""
-        parquet = pq.ParquetFile(self.path(name), pre_buffer=True)
+        """Stream one partition, never loading it whole: its memory-mapped serving copy when it
+        has one (batches as written there), else the Parquet file, `batch_size` rows at a time."""
+        part = self.get(name)
+        if self.serving is not None and (copy := self.serving.batches(name, part.rows)) is not None:
+            return copy
+        parquet = pq.ParquetFile(self.root / part.name, pre_buffer=True)
         return parquet.schema_arrow, prefetch(parquet.iter_batches(batch_size=batch_size, use_threads=True))
 
     def schema_of(self, tag: str) -> pa.Schema | None:
@@ -210,6 +224,8 @@ class PartitionStore:
             for part in doomed:
                 os.unlink(self.root / part.name)
                 del self._parts[part.name]
+                if self.serving is not None:
+                    self.serving.remove(part.name)
             for part in doomed:
                 if not any(p.tag == part.tag for p in self._parts.values()):
                     self._schemas.pop(part.tag, None)
@@ -254,8 +270,14 @@ class PartitionStore:
             fsync_dir(self.root)
             self._parts[part.name] = part
             self._schemas[part.tag] = part.schema if ref is None else schemas.merge(ref, part.schema)
+        self._serve(part)
         self._changed()
         return PutResult(part, duplicate=False)
+
+    def _serve(self, part: Partition) -> None:
+        """Have the serving copy of `part` written in the background."""
+        if self.serving is not None:
+            self.serving.schedule(part.name, self.root / part.name, part.rows, alive=lambda name: name in self._parts)
 
     def _changed(self) -> None:
         if self.on_change is not None:
