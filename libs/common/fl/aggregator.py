@@ -5,8 +5,9 @@
 1. waits (up to `training.round_timeout`) for `learners.min` ready learners (all of them
    if they come within a short grace), else fails `only N learners ready ..., minimum M`;
 2. runs the ModelManager's strategy or the user's ServerApp on `MqttGrid` in a worker thread;
-3. after each round publishes `RoundCompleted` on `jobs/{job}/progress` and logs the round
-   to MLflow (batched: at most one write every `MLFLOW_INTERVAL_S`); fails `only N learners left, minimum M` when too few learners remain;
+3. after each round (once the next round's messages are on their way, or at the end)
+   publishes `RoundCompleted` on `jobs/{job}/progress` and logs the round to MLflow
+   (batched: at most one write every `MLFLOW_INTERVAL_S`); fails `only N learners left, minimum M` when too few learners remain;
 4. logs and registers the final model, publishes `JobResult` (metrics, MLflow run id, model
    version) on `jobs/{job}/progress`, and sends `done` to every learner.
 """
@@ -85,6 +86,7 @@ class Aggregator:
         self._reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-mlflow")
         self._reports: list[Future[Any]] = []
         self._unlogged: list[RoundStats] = []
+        self._finished: list[RoundStats] = []
         self._logged_at = time.monotonic()
 
     async def run(self) -> AggregatorResult:
@@ -128,7 +130,9 @@ class Aggregator:
             return
         manager = new_manager(self.spec, self.code_dir)
         manager.build(base_config(self.spec, node=self.actor))
+        self.grid.on_round_start = lambda _number: self._report_finished()
         run_model_manager(self.grid, manager, self.spec, self._round_done)
+        self._report_finished()
         self._drain()
         if self._tracker is not None:
             self.result.model_version = self._tracker.log_model(manager, self.code_dir)
@@ -142,8 +146,15 @@ class Aggregator:
                     self._report(stats)
 
     def _round_done(self, number: int, metrics: dict[str, float]) -> None:
+        """ModelManager jobs: the round is over; it is reported once the next round's messages are
+        on their way (or at the end), so reporting overlaps the learners' work."""
         stats = self.grid.book.finish(number, metrics)
         if stats is not None:
+            self._finished.append(stats)
+
+    def _report_finished(self) -> None:
+        finished, self._finished = self._finished, []
+        for stats in finished:
             self._report(stats)
 
     def _report(self, stats: RoundStats) -> None:

@@ -18,6 +18,7 @@ state lives on the loop; (de)serialisation of Flower messages happens in the wor
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import uuid
 from collections import Counter
@@ -99,7 +100,8 @@ class MqttGrid(Grid):
         self._closed: str | None = None
         self._run = compat.make_run(run_id)
         self.on_round_start: Callable[[int], None] | None = None
-        """Called (in the strategy's thread) with the round number of every message pushed."""
+        """Called (in the strategy's thread) with the round number of pushed messages, once they
+        are on their way (so what it does, e.g. reporting the previous round, overlaps the round)."""
         bus.subscribe(topics.FL_UP, self._on_up, raw=True, job=job)
 
     # --- the Flower Grid interface (blocking; call from a worker thread) --------------------
@@ -121,6 +123,7 @@ class MqttGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         batch = self._prepare(messages)
         self._call(self._push_all(batch))
+        self._rounds_started(batch)
         return [message_id for message_id, *_ in batch]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -133,8 +136,14 @@ class MqttGrid(Grid):
         batch = self._prepare(messages)
         if not batch:
             return []
+        exchange = self._submit(self._exchange(batch, timeout))
+        try:
+            self._rounds_started(batch)
+        except BaseException:
+            exchange.cancel()
+            raise
         replies = []
-        for pending, data in self._call(self._exchange(batch, timeout)):
+        for pending, data in exchange.result():
             if pending.future.done():
                 replies.append(self._reply(pending, data))
             else:
@@ -154,10 +163,13 @@ class MqttGrid(Grid):
             compat.set_message_id(message, message_id)
             frames = list(chunk_message(compat.message_to_bytes(message)))
             number = self.book.sent(round_key(message))
-            if self.on_round_start is not None:
-                self.on_round_start(number)
             batch.append((message_id, actor, message, number, frames))
         return batch
+
+    def _rounds_started(self, batch: list[_Outgoing]) -> None:
+        if self.on_round_start is not None:
+            for number in sorted({number for _, _, _, number, _ in batch}):
+                self.on_round_start(number)
 
     # --- lifecycle and membership (on the event loop) ---------------------------------------
     def bind(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -218,6 +230,9 @@ class MqttGrid(Grid):
         return topics.FL_DOWN.format(self.bus.root, job=self.job, actor=actor)
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._submit(coro).result()
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         if self._loop is None:
             coro.close()
             raise RuntimeError("MqttGrid.bind() was not called on the bus's event loop")
@@ -228,7 +243,7 @@ class MqttGrid(Grid):
         if running is self._loop:
             coro.close()
             raise RuntimeError("MqttGrid's blocking methods must run outside its event loop (use asyncio.to_thread)")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def _check(self) -> None:
         if self._closed:
