@@ -95,3 +95,22 @@ def test_sqlite_survives_kill_of_a_writer_process(tmp_path):
             return len(await log.read())
 
     assert asyncio.run(count()) == acknowledged == 300
+
+
+async def test_sqlite_append_waits_for_another_writer_instead_of_failing(tmp_path):
+    """An append while another connection holds the write lock waits for it (it is never lost)."""
+    import sqlite3
+
+    db = tmp_path / "events.sqlite3"
+    async with open_eventlog(f"sqlite:///{db}") as log:
+        await log.append(event(0))
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another service mid-write
+        append = asyncio.ensure_future(log.append(event(1)))
+        await asyncio.sleep(0.3)  # give it time to hit the lock: it must be waiting, not failed (no condition to await for "still blocked")
+        assert not append.done()
+        other.execute("COMMIT")
+        other.close()
+        stored = await asyncio.wait_for(append, 10)
+        assert not stored.duplicate
+        assert [e.id for e in await log.read()] == ["ev-0", "ev-1"]

@@ -78,6 +78,7 @@ class Bus:
         keepalive: int = 5,
         will: tuple[str, bytes, bool] | None = None,
         max_concurrency: int = 64,
+        max_background: int = 100,
         source: str = "",
         on_connect: Callable[[Bus], Awaitable[None]] | None = None,
     ) -> None:
@@ -99,6 +100,8 @@ class Bus:
         self._pending: dict[bytes, asyncio.Future[Envelope]] = {}
         self._limit = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._background_slots = asyncio.Semaphore(max_background)
+        self._background: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._fatal: BaseException | None = None
         self.log = get_logger("ember.bus", client=self.client_id)
@@ -155,10 +158,13 @@ class Bus:
                 raise self._fatal
             raise Unavailable(f"cannot reach the MQTT broker at {self.url}") from None
 
-    async def shutdown(self, *, disconnect: bool = True) -> None:
-        """Idempotent: stop the loop, cancel handler tasks, disconnect cleanly (no Last Will)."""
+    async def shutdown(self, *, disconnect: bool = True, flush: float = 5.0) -> None:
+        """Idempotent: finish background publishes (up to `flush` s), stop the loop, cancel handler
+        tasks, disconnect cleanly (no Last Will)."""
         if self._stopping:
             return
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=flush)
         self._stopping = True
         for fut in self._pending.values():
             if not fut.done():
@@ -296,6 +302,25 @@ class Bus:
                 if asyncio.get_running_loop().time() >= deadline:
                     raise Unavailable(f"could not publish to {topic}: broker unreachable") from None
                 await asyncio.sleep(0.05)
+
+    async def publish_soon(self, topic: str, payload: Envelope | bytes, *, retain: bool = False) -> None:
+        """Start a QoS 1 publish and return without waiting for the broker's ack, so a sender of
+        many messages overlaps their round trips (in order: MQTT keeps a client's order). At most
+        `max_background` are in flight; beyond that this waits for a slot. A publish that fails
+        is logged and counted (`stats["publish_failed"]`); `shutdown` waits for those in flight."""
+        await self._background_slots.acquire()
+        task = asyncio.get_running_loop().create_task(self._publish_background(topic, payload, retain))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _publish_background(self, topic: str, payload: Envelope | bytes, retain: bool) -> None:
+        try:
+            await self.publish(topic, payload, retain=retain)
+        except Unavailable as exc:
+            self.stats["publish_failed"] += 1
+            self.log.warning("bus.publish_failed", topic=topic[:200], error=str(exc))
+        finally:
+            self._background_slots.release()
 
     def envelope(self, type_: str, data: dict[str, Any], *, subject: str = "", id: str | None = None) -> Envelope:
         kwargs: dict[str, Any] = {"type": type_, "data": data, "source": self.source, "subject": subject}

@@ -75,9 +75,13 @@ class LogFollower:
 
 
 async def append_and_publish(eventlog: EventLog, bus: Bus, envelope) -> StoredEvent:
-    """Write to the log first, then publish on `events/{aggregate}/{type}` (not for duplicates)."""
+    """Write to the log first, then publish on `events/{aggregate}/{type}` (not for duplicates).
+
+    The publish is started, not awaited (`Bus.publish_soon`): the log is the truth, so the next
+    append need not wait for the broker's ack, and a publish that fails (broker away) costs
+    followers nothing but their next resync."""
     stored = await eventlog.append(envelope)
     if not stored.duplicate:
         topic = topics.EVENT.format(bus.root, aggregate=stored.aggregate, type=envelope.type)
-        await bus.publish(topic, stored.envelope)
+        await bus.publish_soon(topic, stored.envelope)
     return stored

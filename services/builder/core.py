@@ -15,7 +15,6 @@ import time
 from pydantic import ValidationError
 
 from ember.bus import Bus
-from ember.errors import Unavailable
 from ember.eventlog.base import EventLog, StoredEvent
 from ember.events import Artifact, BuildFailed, BuildStarted, BuildSucceeded, Event, JobFailed, JobState, fact_id
 from ember.follower import LogFollower, append_and_publish
@@ -49,13 +48,9 @@ class Builder:
     def projection(self) -> Projection:
         return self.follower.projection
 
-    async def append(self, event_id: str, job: str, event: Event) -> StoredEvent | None:
+    async def append(self, event_id: str, job: str, event: Event) -> StoredEvent:
         envelope = event.envelope(job, source=self.bus.source, event_id=event_id)
-        try:
-            stored = await append_and_publish(self.eventlog, self.bus, envelope)
-        except Unavailable as exc:  # it is in the log; followers pick it up on their resync
-            log.warning("event.publish_failed", job=job, id=event_id, error=str(exc))
-            return None
+        stored = await append_and_publish(self.eventlog, self.bus, envelope)
         if not stored.duplicate:
             log.info("event.appended", job=job, type=type(event).__name__, id=event_id, seq=stored.seq)
         return stored

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ember.bus import Bus
-from ember.errors import Conflict, InvalidRequest, Unavailable
+from ember.errors import Conflict, InvalidRequest
 from ember.eventlog.base import EventLog, StoredEvent
 from ember.events import ActorReport, Event, NodeInfo, NodeStatus, RoundCompleted
 from ember.follower import LogFollower, append_and_publish
@@ -42,11 +42,7 @@ class Manager:
 
     async def append(self, event_id: str, subject: str, event: Event) -> StoredEvent:
         envelope = event.envelope(subject, source=self.bus.source, event_id=event_id)
-        try:
-            stored = await append_and_publish(self.eventlog, self.bus, envelope)
-        except Unavailable as exc:  # it is in the log; followers pick it up on their resync
-            log.warning("event.publish_failed", id=event_id, error=str(exc), **_ids(subject, event))
-            stored = await self.eventlog.append(envelope)
+        stored = await append_and_publish(self.eventlog, self.bus, envelope)
         if not stored.duplicate:
             log.info("event.appended", type=type(event).__name__, id=event_id, seq=stored.seq, **_ids(subject, event))
         return stored

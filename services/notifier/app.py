@@ -139,11 +139,7 @@ class Notifier:
                          overcommit=self.settings.notifier_overcommit)
         for decision in outcome.decisions:
             envelope = decision.event.envelope(decision.job, source=SOURCE, event_id=decision.event_id)
-            try:
-                stored = await append_and_publish(self.eventlog, self.bus, envelope)
-            except Unavailable as exc:  # in the log; the others find it on their next resync
-                self.log.warning("notifier.publish_failed", job=decision.job, type=envelope.type, reason=exc.message)
-                continue
+            stored = await append_and_publish(self.eventlog, self.bus, envelope)
             if not stored.duplicate:
                 self.log.info("notifier.appended", job=decision.job, type=envelope.type, id=decision.event_id,
                               reason=getattr(decision.event, "reason", ""))
