@@ -5,8 +5,7 @@ truth that is rendered. Wake-ups are coalesced: at most one `jobs.get` per `min_
 whose rounds take milliseconds would otherwise have every round answered with the whole summary,
 all rounds included, which costs the manager more than the training), and the live view asks
 for the latest `LIVE_ROUNDS` rounds only; the summary returned at the end holds them all. A
-manager that stops
-answering for a while (restart) is waited for.
+manager that stops answering for a while (restart) is waited for.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
 2. runs the ModelManager's strategy or the user's ServerApp on `MqttGrid` in a worker thread;
 3. after each round (once the next round's messages are on their way, or at the end)
    publishes `RoundCompleted` on `jobs/{job}/progress` and logs the round to MLflow
-   (batched: at most one write every `MLFLOW_INTERVAL_S`); fails `only N learners left, minimum M` when too few learners remain;
+   (batched: at most one write every `MLFLOW_INTERVAL_S`); fails `only N learners left,
+   minimum M` when too few learners remain;
 4. logs and registers the final model, publishes `JobResult` (metrics, MLflow run id, model
    version) on `jobs/{job}/progress`, and sends `done` to every learner.
 """
@@ -131,7 +132,11 @@ class Aggregator:
         manager = new_manager(self.spec, self.code_dir)
         manager.build(base_config(self.spec, node=self.actor))
         self.grid.on_round_start = lambda _number: self._report_finished()
-        run_model_manager(self.grid, manager, self.spec, self._round_done)
+        try:
+            run_model_manager(self.grid, manager, self.spec, self._round_done)
+        except BaseException:
+            self._report_finished(check=False)  # the rounds that did finish still count
+            raise
         self._report_finished()
         self._drain()
         if self._tracker is not None:
@@ -152,12 +157,13 @@ class Aggregator:
         if stats is not None:
             self._finished.append(stats)
 
-    def _report_finished(self) -> None:
+    def _report_finished(self, *, check: bool = True) -> None:
         finished, self._finished = self._finished, []
         for stats in finished:
-            self._report(stats)
+            self._report(stats, check=check)
 
-    def _report(self, stats: RoundStats) -> None:
+    def _report(self, stats: RoundStats, *, check: bool = True) -> None:
+        """Record, log and publish a round; with `check`, fail when too few learners are left."""
         self.result.rounds.append(stats)
         self.result.metrics = dict(stats.metrics)
         self.log.info("aggregator.round", **stats.event_data())
@@ -172,7 +178,7 @@ class Aggregator:
         assert self._loop is not None
         topic = topics.JOB_PROGRESS.format(self.bus.root, job=self.job)
         self._reports.append(asyncio.run_coroutine_threadsafe(self.bus.publish(topic, envelope), self._loop))
-        reason = self.grid.below_minimum()
+        reason = self.grid.below_minimum() if check else None
         if reason:
             raise TooFewLearners(reason)
 
