@@ -10,6 +10,7 @@ import pytest
 
 from ember.envelope import Envelope
 from ember.eventlog import open_eventlog
+from ember.testing import assert_eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -107,7 +108,8 @@ async def test_sqlite_append_waits_for_another_writer_instead_of_failing(tmp_pat
         other = sqlite3.connect(db, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another service mid-write
         append = asyncio.ensure_future(log.append(event(1)))
-        await asyncio.sleep(0.3)  # give it time to hit the lock: it must be waiting, not failed (no condition to await for "still blocked")
+        # the append found the database busy and now waits in a worker thread holding the log's lock
+        await assert_eventually(log._lock.locked, timeout=10, message="the append never waited for the other writer")
         assert not append.done()
         other.execute("COMMIT")
         other.close()
