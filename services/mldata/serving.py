@@ -63,34 +63,35 @@ class ServingCopies:
     def path(self, name: str) -> Path:
         return self.dir / (name.removesuffix(".parquet") + ".arrow")
 
-    def schedule(self, name: str, parquet: Path, rows: int, alive: Callable[[str], bool]) -> Future[None] | None:
+    def schedule(self, name: str, parquet: Path, alive: Callable[[str], bool]) -> Future[None] | None:
         """Write the copy of partition `name` in the background (no-op when it is there)."""
         if self._pool is None:
             return None
-        return self._pool.submit(self._write, name, parquet, rows, alive)
+        return self._pool.submit(self._write, name, parquet, alive)
 
     def batches(self, name: str, rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]] | None:
         """The copy's schema and batches (memory-mapped), or None to stream the Parquet file."""
         path = self.path(name)
         try:
             reader = pa.ipc.open_file(pa.memory_map(str(path)))
-            count = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+            batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]  # zero-copy views
         except FileNotFoundError:
             return None
         except (pa.ArrowException, OSError) as exc:
             log.warning("serving_copy_unreadable", partition=name, error=str(exc)[:200])
             path.unlink(missing_ok=True)
             return None
+        count = sum(batch.num_rows for batch in batches)
         if count != rows:
             log.warning("serving_copy_mismatch", partition=name, rows=count, expected=rows)
             path.unlink(missing_ok=True)
             return None
-        return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+        return reader.schema, iter(batches)
 
     def remove(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)
 
-    def _write(self, name: str, parquet: Path, rows: int, alive: Callable[[str], bool]) -> None:
+    def _write(self, name: str, parquet: Path, alive: Callable[[str], bool]) -> None:
         final = self.path(name)
         if final.exists() or self._stop.is_set():
             return
@@ -113,4 +114,4 @@ class ServingCopies:
         if not alive(name):  # dropped while its copy was written
             final.unlink(missing_ok=True)
             return
-        log.debug("serving_copy_written", partition=name, rows=rows)
+        log.debug("serving_copy_written", partition=name)

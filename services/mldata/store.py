@@ -277,7 +277,7 @@ class PartitionStore:
     def _serve(self, part: Partition) -> None:
         """Have the serving copy of `part` written in the background."""
         if self.serving is not None:
-            self.serving.schedule(part.name, self.root / part.name, part.rows, alive=lambda name: name in self._parts)
+            self.serving.schedule(part.name, self.root / part.name, alive=lambda name: name in self._parts)
 
     def _changed(self) -> None:
         if self.on_change is not None:
