@@ -91,3 +91,37 @@ async def test_5mb_message_over_mqtt_grid_and_back(mqtt_broker):
         assert grid.stats["frames_sent"] >= 10
         await grid.signal_all("done", ok=True)
         assert await asyncio.wait_for(serving, 10) is True
+
+
+async def test_node_ids_do_not_shrink_between_pushes(mqtt_broker):
+    """Flower counts the nodes, then waits until that many are connected: a learner that goes in
+    between must stay listed until the next push (it gets the error reply), or the wait is endless."""
+    app = ClientApp()
+
+    @app.train()
+    def echo(message: Message, context) -> Message:
+        return Message(message.content, reply_to=message)
+
+    job, actors = "membership-job", ["learner-a", "learner-b"]
+    agg_bus = Bus(mqtt_broker.url, client_id="agg-membership")
+    grid = MqttGrid(agg_bus, job=job, learners=actors, minimum=1, run_id=1)
+    learners = [learner_bus(mqtt_broker.url, root="ember/v1", job=job, actor=a) for a in actors]
+    async with agg_bus, learners[0][0], learners[1][0]:
+        serving = [
+            asyncio.create_task(endpoint.run(lambda i=i: (app, learner_context(1, node_id_for(actors[i]), i, 2))))
+            for i, (_, endpoint) in enumerate(learners)
+        ]
+        assert sorted(await grid.wait_ready(10)) == actors
+        both = sorted(node_id_for(a) for a in actors)
+        assert list(await asyncio.to_thread(grid.get_node_ids)) == both
+        learners[1][1].stop("leaving")  # learner-b says it is gone
+        await assert_eventually(lambda: grid.live() == ["learner-a"], message="learner-b never seen gone")
+        assert list(await asyncio.to_thread(grid.get_node_ids)) == both  # still listed until a push
+        compat.set_task_identity(run_id=1, node_id=compat.AGGREGATOR_NODE_ID)
+        messages = [Message(RecordDict({"config": ConfigRecord({"x": 1})}), node_id_for(a), "train") for a in actors]
+        replies = {r.metadata.src_node_id: r for r in await asyncio.to_thread(grid.send_and_receive, messages, timeout=10)}
+        assert not replies[node_id_for("learner-a")].has_error()
+        assert replies[node_id_for("learner-b")].error.code == compat.NODE_UNAVAILABLE
+        assert list(await asyncio.to_thread(grid.get_node_ids)) == [node_id_for("learner-a")]
+        await grid.signal_all("done", ok=True)
+        await asyncio.wait_for(asyncio.gather(*serving), 10)

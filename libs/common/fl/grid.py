@@ -13,6 +13,10 @@ state lives on the loop; (de)serialisation of Flower messages happens in the wor
   SuperLink would give; messages not answered within the timeout get no reply.
 - Once `arm()`ed (after round 1 can start), `get_node_ids` and waits raise `TooFewLearners`
   as soon as fewer than `minimum` learners are live: the job stops instead of hanging.
+- `get_node_ids` never shrinks between two pushes: a learner that goes is dropped from it at
+  the next push (its messages meanwhile get the error reply). Flower's strategies count the
+  nodes, then wait until at least that many are connected (`sample_nodes`); a learner lost
+  between the two calls made that wait endless.
 """
 
 from __future__ import annotations
@@ -98,6 +102,8 @@ class MqttGrid(Grid):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._armed = False
         self._closed: str | None = None
+        self._listed: list[int] = []
+        """What `get_node_ids` last returned (see the module docstring)."""
         self._run = compat.make_run(run_id)
         self.on_round_start: Callable[[int], None] | None = None
         """Called (in the strategy's thread) with the round number of pushed messages, once they
@@ -254,10 +260,13 @@ class MqttGrid(Grid):
 
     async def _live_ids(self) -> list[int]:
         self._check()
-        return sorted(self._node_of[actor] for actor in self.live())
+        live = {self._node_of[actor] for actor in self.live()}
+        self._listed = sorted(live | set(self._listed))  # grows at once, shrinks at the next push
+        return self._listed
 
     async def _push_all(self, batch: list[_Outgoing]) -> None:
         self._check()
+        self._listed = []  # the next get_node_ids lists the learners live then
         sends = []
         for message_id, actor, message, number, frames in batch:
             future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
