@@ -125,3 +125,52 @@ async def test_node_ids_do_not_shrink_between_pushes(mqtt_broker):
         assert list(await asyncio.to_thread(grid.get_node_ids)) == [node_id_for("learner-a")]
         await grid.signal_all("done", ok=True)
         await asyncio.wait_for(asyncio.gather(*serving), 10)
+
+
+@pytest.mark.filterwarnings("ignore:coroutine 'sleep' was never awaited:RuntimeWarning")
+async def test_learner_answers_apps_on_the_loop_or_in_a_thread_as_they_need(mqtt_broker):
+    """Fast message types are answered on the learner's loop (no thread hand-off); slow ones, and
+    an app that needs a thread of its own (here: it calls `asyncio.run`), in a worker thread;
+    every message gets a good reply either way."""
+    import threading
+    import time
+
+    from ember.fl.learner import INLINE_MAX_S
+
+    app, seen = ClientApp(), {"train": [], "evaluate": [], "query": []}
+
+    @app.train()
+    def fast(message: Message, context) -> Message:
+        seen["train"].append(threading.current_thread() is threading.main_thread())
+        return Message(message.content, reply_to=message)
+
+    @app.evaluate()
+    def slow(message: Message, context) -> Message:
+        seen["evaluate"].append(threading.current_thread() is threading.main_thread())
+        time.sleep(INLINE_MAX_S * 1.5)  # work longer than the loop may be blocked
+        return Message(message.content, reply_to=message)
+
+    @app.query()
+    def own_loop(message: Message, context) -> Message:
+        seen["query"].append(threading.current_thread() is threading.main_thread())
+        return Message(RecordDict({"config": ConfigRecord({"x": asyncio.run(asyncio.sleep(0, 7))})}), reply_to=message)
+
+    job, actor = "inline-job", "learner-a"
+    agg_bus = Bus(mqtt_broker.url, client_id="agg-inline")
+    grid = MqttGrid(agg_bus, job=job, learners=[actor], minimum=1, run_id=1)
+    bus, endpoint = learner_bus(mqtt_broker.url, root="ember/v1", job=job, actor=actor)
+    async with agg_bus, bus:
+        serving = asyncio.create_task(endpoint.run(lambda: (app, learner_context(1, node_id_for(actor), 0, 1))))
+        assert await grid.wait_ready(10) == [actor]
+        compat.set_task_identity(run_id=1, node_id=compat.AGGREGATOR_NODE_ID)
+        for _ in range(3):
+            for kind in ("train", "evaluate", "query"):
+                message = Message(RecordDict({"config": ConfigRecord({"x": 1})}), node_id_for(actor), kind)
+                replies = list(await asyncio.to_thread(grid.send_and_receive, [message], timeout=10))
+                assert len(replies) == 1 and not replies[0].has_error(), (kind, replies[0].error if replies else None)
+        assert [r.content["config"]["x"] for r in replies] == [7]
+        assert seen["train"] == [False, True, True]  # the first in the thread, then on the loop
+        assert seen["evaluate"] == [False, False, False]  # too slow for the loop
+        assert seen["query"] == [False, True, False, False]  # failed on the loop, answered from the thread, stays there
+        await grid.signal_all("done", ok=True)
+        assert await asyncio.wait_for(serving, 10) is True
