@@ -199,7 +199,9 @@ def test_cancel_stops_every_actor_process_within_5s(stack: Stack, cli, tmp_path:
     job_id = submit(cli, job_file(tmp_path, "probe-long", "seconds: 120"))
     wait_state(cli, job_id, "running")
     groups = [r.pid for r in actor_reports(stack, job_id, count=4).values() if r.state == "running"]
-    assert len(groups) == 4 and all(len(group_alive(g)) >= 2 for g in groups)  # the shim and its actor
+    assert len(groups) == 4
+    # the shim and its actor (the shim starts the actor just after the flamelet reported it running)
+    wait_until(lambda: all(len(group_alive(g)) >= 2 for g in groups), timeout=10, message=f"actors never started: {groups}")
     result = cli("job", "cancel", job_id)
     assert result.exit_code == 0, result.output
     wait_until(lambda: not any(group_alive(g) for g in groups), timeout=5, message=f"actor processes still alive: {groups}")
