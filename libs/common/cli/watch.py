@@ -1,7 +1,8 @@
 """Follow a job until it ends: a live rich view on a terminal, one line per transition otherwise.
 
-Woken by the job's events (`events/job/#`) and its actors' states; the manager's `jobs.get` is the
-truth that is rendered. Wake-ups are coalesced: at most one `jobs.get` per `min_interval` (a job
+Woken by the job's events (`events/job/#`; without a terminal, every type but `RoundCompleted`,
+as the plain output shows transitions only) and its actors' states; the manager's `jobs.get` is
+the truth that is rendered. Wake-ups are coalesced: at most one `jobs.get` per `min_interval` (a job
 whose rounds take milliseconds would otherwise have every round answered with the whole summary,
 all rounds included, which costs the manager more than the training), and the live view asks
 for the latest `LIVE_ROUNDS` rounds only; the summary returned at the end holds them all. A
@@ -24,6 +25,7 @@ from ember.bus import Bus, Message
 from ember.cli.common import call, clock, elapsed, styled
 from ember.cli.render import detail
 from ember.errors import RequestTimeout, Unavailable
+from ember.events import Event, RoundCompleted
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 LIVE_ROUNDS = 10
@@ -48,11 +50,16 @@ async def follow_job(
         if env is not None and (env.subject == job or env.data.get("job") == job):
             wake.set()
 
-    bus.subscribe(topics.EVENT, on_message, aggregate="job")
+    live = Live(console=console, refresh_per_second=8, transient=False) if console.is_terminal else None
+    if live is not None:
+        bus.subscribe(topics.EVENT, on_message, aggregate="job")
+    else:  # plain output prints transitions only: rounds need not wake it (a fast job has dozens a second)
+        for name, event in sorted(Event.registry.items()):
+            if event.aggregate == "job" and name != RoundCompleted.__name__:
+                bus.subscribe(topics.EVENT, on_message, aggregate="job", type=name)
     bus.subscribe(topics.ACTOR_STATE, on_message)
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    live = Live(console=console, refresh_per_second=8, transient=False) if console.is_terminal else None
     printed = 0
     summary: dict[str, Any] | None = None
     waiting_note = False
