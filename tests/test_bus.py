@@ -51,6 +51,32 @@ async def test_malformed_payloads_are_counted_and_dropped(mqtt_broker):
         assert seen[0].params == {"node": "n1"}
 
 
+async def test_a_dozen_subscriptions_on_a_connected_bus_all_deliver_without_warnings(mqtt_broker, caplog):
+    """Registering many topics in a row on a connected bus (as `ember job watch` does) subscribes
+    them in one go: every one delivers, and aiomqtt does not warn about pending calls."""
+    import logging
+
+    seen: set[str] = set()
+
+    async def on_status(message: Message) -> None:
+        seen.add(message.params["node"])
+
+    nodes = [f"n{i}" for i in range(15)]
+    caplog.set_level(logging.WARNING)
+    async with Bus(mqtt_broker.url) as sub, Bus(mqtt_broker.url) as pub:
+        await assert_eventually(lambda: sub.connected)
+        for node in nodes:
+            sub.subscribe(topics.NODE_STATUS, on_status, node=node)
+
+        async def delivered():
+            for node in sorted(set(nodes) - seen):
+                await pub.publish(topics.NODE_STATUS.format("ember/v1", node=node), pub.envelope("NodeStatus", {"node": node, "status": "online"}))
+            return seen == set(nodes)
+
+        await assert_eventually(delivered, timeout=10, interval=0.1)
+    assert not [r for r in caplog.records if "pending" in r.getMessage()]
+
+
 async def test_reconnects_after_broker_restart(mqtt_broker):
     got: list[str] = []
 

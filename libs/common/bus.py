@@ -100,6 +100,8 @@ class Bus:
         self._pending: dict[bytes, asyncio.Future[Envelope]] = {}
         self._limit = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unsent: list[str] = []
+        """Filters registered while connected, not subscribed yet (see `_subscribe_unsent`)."""
         self._background_slots = asyncio.Semaphore(max_background)
         self._background: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -125,9 +127,22 @@ class Bus:
         sub = _Subscription(template, template.wildcard(self.root, **fixed), handler, raw, concurrent, fixed)
         self._subs.append(sub)
         if self._client is not None and self._connected.is_set():
-            task = asyncio.get_running_loop().create_task(self._client.subscribe(sub.filter, qos=1))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._unsent.append(sub.filter)
+            if len(self._unsent) == 1:
+                task = asyncio.get_running_loop().create_task(self._subscribe_unsent())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _subscribe_unsent(self) -> None:
+        """Subscribe what was registered while connected, in one SUBSCRIBE (a caller registering a
+        dozen topics in a row made a dozen concurrent calls, and aiomqtt warns above ten). A
+        reconnect subscribes every registration anyway."""
+        await asyncio.sleep(0)  # let the caller finish registering
+        filters, self._unsent = self._unsent, []
+        client = self._client
+        if client is not None and filters:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.subscribe([(f, 1) for f in filters])
 
     def serve(self, action: str, handler: RequestHandler) -> None:
         """Answer requests on `req/{action}`: the handler's return value is the result."""
