@@ -52,9 +52,9 @@ class LogFollower:
         self._resync_every = resync_every
         self._quiet = frozenset(quiet)
         self.log = get_logger("ember.follower", consumer=name)
-        for name, event in sorted(Event.registry.items()):
-            if name not in self._quiet:
-                bus.subscribe(topics.EVENT, self._on_event, aggregate=event.aggregate, type=name)
+        for event_type, event in sorted(Event.registry.items()):
+            if event_type not in self._quiet:
+                bus.subscribe(topics.EVENT, self._on_event, aggregate=event.aggregate, type=event_type)
 
     async def _on_event(self, _message: Message) -> None:
         self._wake.set()

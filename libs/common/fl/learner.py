@@ -169,32 +169,33 @@ class LearnerEndpoint:
         started = time.perf_counter()
         message = compat.message_from_bytes(data) if len(data) <= INLINE_MAX_BYTES else None
         if message is not None and self._last_s.get(message.metadata.message_type, INLINE_MAX_S + 1) <= INLINE_MAX_S:
-            reply, reply_to, kind, failed = self._handle(message, quiet=True)
-            if not failed:
+            reply, reply_to, kind, error = self._handle(message, quiet=True)
+            if error is None:
                 self._last_s[kind] = time.perf_counter() - started
                 return reply, reply_to
             self._last_s[kind] = math.inf  # failed on the loop: this type stays in the thread
-        reply, reply_to, kind, failed = await asyncio.to_thread(self._handle, data if message is None else message)
+            self.log.info("learner.moved_to_thread", type=kind, error=f"{type(error).__name__}: {error}"[:300])
+        reply, reply_to, kind, _ = await asyncio.to_thread(self._handle, data if message is None else message)
         if self._last_s.get(kind) != math.inf:
             self._last_s[kind] = time.perf_counter() - started
         return reply, reply_to
 
-    def _handle(self, message: Message | bytes, *, quiet: bool = False) -> tuple[bytes, str, str, bool]:
-        """Run the app on one message: (reply bytes, id of the message answered, its type, whether
-        the app raised). A raising app gets Flower's error reply (logged unless `quiet`)."""
+    def _handle(self, message: Message | bytes, *, quiet: bool = False) -> tuple[bytes, str, str, Exception | None]:
+        """Run the app on one message: (reply bytes, id of the message answered, its type, what the
+        app raised). A raising app gets Flower's error reply (logged unless `quiet`)."""
         if isinstance(message, bytes):
             message = compat.message_from_bytes(message)
         assert self._app is not None and self._context is not None
-        failed = False
+        error: Exception | None = None
         try:
             reply = self._app(message, self._context)
         except Exception as exc:  # the user's code failed: Flower's error reply, keep serving
-            failed = True
+            error = exc
             if not quiet:
                 self.log.exception("learner.clientapp_failed", type=message.metadata.message_type)
             reply = compat.error_reply(message, compat.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}")
         compat.set_message_id(reply, uuid.uuid4().hex)
-        return compat.message_to_bytes(reply), message.metadata.message_id, message.metadata.message_type, failed
+        return compat.message_to_bytes(reply), message.metadata.message_id, message.metadata.message_type, error
 
 
 def learner_bus(url: str, *, root: str, job: str, actor: str, keepalive: int = 5) -> tuple[Bus, LearnerEndpoint]:
