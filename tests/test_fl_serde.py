@@ -1,6 +1,7 @@
 """Frames and chunking of Flower messages, alone and through a real Mosquitto."""
 
 import asyncio
+import contextlib
 import random
 
 import numpy as np
@@ -63,6 +64,19 @@ def test_reassembler_is_bounded():
     assert joiner.dropped == 1
 
 
+@contextlib.asynccontextmanager
+async def one_learner(url: str, app: ClientApp, job: str, actor: str = "learner-a"):
+    """An aggregator's grid and one learner serving `app` over a real broker, ready; yields
+    (grid, the learner's serving task)."""
+    agg_bus = Bus(url, client_id=f"agg-{job}")
+    grid = MqttGrid(agg_bus, job=job, learners=[actor], minimum=1, run_id=1)
+    bus, endpoint = learner_bus(url, root="ember/v1", job=job, actor=actor)
+    async with agg_bus, bus:
+        serving = asyncio.create_task(endpoint.run(lambda: (app, learner_context(1, node_id_for(actor), 0, 1))))
+        assert await grid.wait_ready(10) == [actor]
+        yield grid, bus, serving
+
+
 async def test_5mb_message_over_mqtt_grid_and_back(mqtt_broker):
     """A 5 MB ArrayRecord goes down in chunks, an echo ClientApp sends it back up in chunks;
     junk on the up topic is counted and dropped while the grid keeps serving."""
@@ -72,17 +86,11 @@ async def test_5mb_message_over_mqtt_grid_and_back(mqtt_broker):
     def echo(message: Message, context) -> Message:
         return Message(message.content, reply_to=message)
 
-    job, actor = "serde-job", "learner-a"
-    agg_bus = Bus(mqtt_broker.url, client_id="agg")
-    grid = MqttGrid(agg_bus, job=job, learners=[actor], minimum=1, run_id=1)
-    bus, endpoint = learner_bus(mqtt_broker.url, root="ember/v1", job=job, actor=actor)
-    async with agg_bus, bus:
-        serving = asyncio.create_task(endpoint.run(lambda: (app, learner_context(1, node_id_for(actor), 0, 1))))
-        assert await grid.wait_ready(10) == [actor]
-        up = topics.FL_UP.format("ember/v1", job=job, actor=actor)
+    async with one_learner(mqtt_broker.url, app, "serde-job") as (grid, bus, serving):
+        up = topics.FL_UP.format("ember/v1", job="serde-job", actor="learner-a")
         for junk in (b"garbage", b'EMB1\x00\x0b{"k":"zzz"}'):
             await bus.publish(up, junk)
-        await assert_eventually(lambda: agg_bus.stats["dropped_invalid"] == 2)
+        await assert_eventually(lambda: grid.bus.stats["dropped_invalid"] == 2)
         msg = big_message()
         replies = list(await asyncio.to_thread(grid.send_and_receive, [msg], timeout=30))
         assert len(replies) == 1 and not replies[0].has_error()
@@ -155,17 +163,11 @@ async def test_learner_answers_apps_on_the_loop_or_in_a_thread_as_they_need(mqtt
         seen["query"].append(threading.current_thread() is threading.main_thread())
         return Message(RecordDict({"config": ConfigRecord({"x": asyncio.run(asyncio.sleep(0, 7))})}), reply_to=message)
 
-    job, actor = "inline-job", "learner-a"
-    agg_bus = Bus(mqtt_broker.url, client_id="agg-inline")
-    grid = MqttGrid(agg_bus, job=job, learners=[actor], minimum=1, run_id=1)
-    bus, endpoint = learner_bus(mqtt_broker.url, root="ember/v1", job=job, actor=actor)
-    async with agg_bus, bus:
-        serving = asyncio.create_task(endpoint.run(lambda: (app, learner_context(1, node_id_for(actor), 0, 1))))
-        assert await grid.wait_ready(10) == [actor]
+    async with one_learner(mqtt_broker.url, app, "inline-job") as (grid, _, serving):
         compat.set_task_identity(run_id=1, node_id=compat.AGGREGATOR_NODE_ID)
         for _ in range(3):
             for kind in ("train", "evaluate", "query"):
-                message = Message(RecordDict({"config": ConfigRecord({"x": 1})}), node_id_for(actor), kind)
+                message = Message(RecordDict({"config": ConfigRecord({"x": 1})}), node_id_for("learner-a"), kind)
                 replies = list(await asyncio.to_thread(grid.send_and_receive, [message], timeout=10))
                 assert len(replies) == 1 and not replies[0].has_error(), (kind, replies[0].error if replies else None)
         assert [r.content["config"]["x"] for r in replies] == [7]
