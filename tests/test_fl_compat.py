@@ -62,6 +62,21 @@ def test_protobuf_serde_round_trip_keeps_metadata_content_and_errors():
         compat.message_from_bytes(b"\xff\xfe not protobuf")
 
 
+def test_shared_content_is_serialised_once_to_the_same_bytes():
+    """`messages_to_bytes` (one shared content serialised once, as Flower's strategies send one
+    RecordDict to every node) gives exactly `message_to_bytes` of each message."""
+    compat.set_task_identity(run_id=3, node_id=1)
+    content = RecordDict({"arrays": ArrayRecord([np.arange(650, dtype=np.float64)]), "config": ConfigRecord({"server-round": 4})})
+    messages = [Message(content, node, "train", group_id="4") for node in (11, 12, 13)]
+    messages.append(Message(RecordDict({"config": ConfigRecord({"x": 1})}), 14, "evaluate", group_id="4"))
+    messages.append(compat.error_reply(messages[0], compat.NODE_UNAVAILABLE, "gone"))
+    for i, message in enumerate(messages):
+        compat.set_message_id(message, f"id-{i}")
+    assert compat.messages_to_bytes(messages) == [compat.message_to_bytes(m) for m in messages]
+    back = compat.message_from_bytes(compat.messages_to_bytes(messages)[1])
+    assert back.metadata == messages[1].metadata and np.array_equal(back.content["arrays"].to_numpy_ndarrays()[0], np.arange(650))
+
+
 def test_run_and_app_config(tmp_path):
     assert compat.make_run(12).run_id == 12
     (tmp_path / "pyproject.toml").write_text('[tool.flwr.app]\npublisher = "x"\n[tool.flwr.app.config]\nnum-server-rounds = 3\nlr = 0.5\n')

@@ -12,7 +12,8 @@ breaks one module and one contract test, loudly:
   (`InMemoryGrid.push_messages`); the public `Metadata.message_id` has no setter.
 - `flwr.common.serde.message_to_proto` / `message_from_proto` and
   `flwr.proto.message_pb2.Message`: Flower's protobuf serialisation of a whole `Message`
-  (metadata, content and error).
+  (metadata, content and error); `flwr.common.serde.metadata_to_proto` and
+  `recorddict_to_proto`, its two halves, to serialise a content shared by several messages once.
 - `flwr.supercore.run.Run.create_empty`: the `Run` a `Grid` reports through `grid.run`.
 - `flwr.common.constant.SUPERLINK_NODE_ID` and `ErrorCode`: the aggregator's node id and
   the error codes of replies that never came.
@@ -22,13 +23,14 @@ breaks one module and one contract test, loudly:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.metadata import version as _dist_version
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Error, Message
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
-from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.common.serde import message_from_proto, message_to_proto, metadata_to_proto, recorddict_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -50,6 +52,7 @@ __all__ = [
     "make_run",
     "message_from_bytes",
     "message_to_bytes",
+    "messages_to_bytes",
     "run_config_from_dir",
     "set_message_id",
     "set_task_identity",
@@ -75,6 +78,26 @@ def set_message_id(message: Message, message_id: str) -> None:
 def message_to_bytes(message: Message) -> bytes:
     """A whole Flower `Message` (metadata, content or error) as protobuf bytes."""
     return message_to_proto(message).SerializeToString()
+
+
+def messages_to_bytes(messages: Sequence[Message]) -> list[bytes]:
+    """`message_to_bytes` of each message, a content shared by several of them serialised once.
+
+    Flower's strategies send one `RecordDict` (the global model) to every node; serialising it
+    for each is N times the work for the same bytes. Protobuf bytes of two messages concatenated
+    parse as their merge, so each message is its own metadata's bytes followed by the shared
+    content's (checked byte for byte against `message_to_bytes` by the contract test)."""
+    shared: dict[int, bytes] = {}
+    out = []
+    for message in messages:
+        if message.has_error() or not message.has_content():
+            out.append(message_to_bytes(message))
+            continue
+        key = id(message.content)
+        if key not in shared:
+            shared[key] = ProtoMessage(content=recorddict_to_proto(message.content)).SerializeToString()
+        out.append(ProtoMessage(metadata=metadata_to_proto(message.metadata)).SerializeToString() + shared[key])
+    return out
 
 
 def message_from_bytes(data: bytes) -> Message:

@@ -44,6 +44,8 @@ from ember.fl.serde import Reassembler, chunk_message, decode_frame, signal
 from ember.log import get_logger
 
 T = TypeVar("T")
+DECODE_ON_LOOP_BYTES = 1024 * 1024
+"""Replies up to this size are decoded on the loop as they arrive (see `MqttGrid._decoded`)."""
 QUICK_EXCHANGE_S = 0.5
 """After 4 exchanges at most this long (train and evaluate of 2 rounds), `on_round_start` runs
 once the next exchange's replies are in rather than as soon as its messages are out: what it
@@ -76,7 +78,7 @@ class _Pending:
     message: Message
     actor: str
     round: int
-    future: asyncio.Future[bytes | None]
+    future: asyncio.Future[bytes | Message | None]
 
 
 class MqttGrid(Grid):
@@ -177,17 +179,20 @@ class MqttGrid(Grid):
         return replies
 
     def _prepare(self, messages: Iterable[Message]) -> list[_Outgoing]:
-        """Serialise and frame each message (in the strategy's thread, off the loop)."""
-        batch: list[_Outgoing] = []
+        """Serialise and frame each message (in the strategy's thread, off the loop); a content
+        shared by several messages (the global model) is serialised once."""
+        messages = list(messages)
+        actors = []
         for message in messages:
             actor = self._actor_of.get(message.metadata.dst_node_id)
             if actor is None:
                 raise ValueError(f"unknown destination node {message.metadata.dst_node_id}")
-            message_id = uuid.uuid4().hex
-            compat.set_message_id(message, message_id)
-            frames = list(chunk_message(compat.message_to_bytes(message)))
+            actors.append(actor)
+            compat.set_message_id(message, uuid.uuid4().hex)
+        batch: list[_Outgoing] = []
+        for message, actor, data in zip(messages, actors, compat.messages_to_bytes(messages), strict=True):
             number = self.book.sent(round_key(message))
-            batch.append((message_id, actor, message, number, frames))
+            batch.append((message.metadata.message_id, actor, message, number, list(chunk_message(data))))
         return batch
 
     def _rounds_started(self, batch: list[_Outgoing]) -> None:
@@ -287,7 +292,7 @@ class MqttGrid(Grid):
         self._listed = []  # the next get_node_ids lists the learners live then
         sends = []
         for message_id, actor, message, number, frames in batch:
-            future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[bytes | Message | None] = asyncio.get_running_loop().create_future()
             self._pending[message_id] = _Pending(message, actor, number, future)
             if actor in self._gone or actor not in self._ready:
                 future.set_result(None)
@@ -295,7 +300,7 @@ class MqttGrid(Grid):
                 sends.append(self._send(actor, frames))
         await asyncio.gather(*sends)
 
-    async def _exchange(self, batch: list[_Outgoing], timeout: float | None) -> list[tuple[_Pending, bytes | None]]:
+    async def _exchange(self, batch: list[_Outgoing], timeout: float | None) -> list[tuple[_Pending, bytes | Message | None]]:
         """Push, wait for the replies, take them: one hop from the strategy's thread, not three."""
         ids = [message_id for message_id, *_ in batch]
         await self._push_all(batch)
@@ -323,7 +328,7 @@ class MqttGrid(Grid):
             finally:
                 changed.cancel()
 
-    async def _take(self, ids: list[str], *, drop_missing: bool) -> list[tuple[_Pending, bytes | None]]:
+    async def _take(self, ids: list[str], *, drop_missing: bool) -> list[tuple[_Pending, bytes | Message | None]]:
         out = []
         for message_id in ids:
             pending = self._pending.get(message_id)
@@ -333,13 +338,13 @@ class MqttGrid(Grid):
             out.append((pending, pending.future.result() if pending.future.done() else None))
         return out
 
-    def _reply(self, pending: _Pending, data: bytes | None) -> Message:
+    def _reply(self, pending: _Pending, data: bytes | Message | None) -> Message:
         group, kind = pending.round, pending.message.metadata.message_type
         if data is None:
             reason = self._closed or f"learner {pending.actor} is gone: {self._gone.get(pending.actor, 'not ready')}"
             self.book.replied(group, pending.actor, ok=False)
             return compat.error_reply(pending.message, compat.NODE_UNAVAILABLE, reason)
-        reply = compat.message_from_bytes(data)
+        reply = data if isinstance(data, Message) else compat.message_from_bytes(data)
         if reply.has_error():
             self.book.replied(group, pending.actor, ok=False)
             self.log.warning("grid.error_reply", actor=pending.actor, code=reply.error.code, reason=(reply.error.reason or "")[:300])
@@ -380,10 +385,21 @@ class MqttGrid(Grid):
             if pending is None or pending.actor != actor or pending.future.done():
                 self.stats["late_or_unknown_replies"] += 1
                 return
-            pending.future.set_result(data)
+            pending.future.set_result(self._decoded(data))
             self.stats["replies"] += 1
         else:
             raise ValueError(f"unexpected {frame.kind!r} frame from learner {actor}")
+
+    @staticmethod
+    def _decoded(data: bytes) -> bytes | Message:
+        """A small reply is decoded here, on the loop, while the others are still awaited (it was
+        the strategy thread's work after the last reply came in); a large one stays bytes."""
+        if len(data) > DECODE_ON_LOOP_BYTES:
+            return data
+        try:
+            return compat.message_from_bytes(data)
+        except ValueError:
+            return data  # `_reply` raises it in the strategy's thread, as for a large one
 
     def _mark_gone(self, actor: str, reason: str) -> None:
         if actor in self._gone:
