@@ -3,7 +3,8 @@
 Flower's strategies and a user's `ServerApp` call the grid synchronously; Ember's bus is
 asyncio. So the strategy runs in a worker thread (`asyncio.to_thread`) and every blocking
 grid method hands a coroutine to the bus's event loop (`run_coroutine_threadsafe`). All grid
-state lives on the loop; (de)serialisation of Flower messages happens in the worker thread.
+state lives on the loop. Messages are serialised in the worker thread (a content shared by
+several, once); small replies are decoded on the loop as they arrive, large ones in the thread.
 
 - Each learner actor id maps to a stable int node id (`node_id_for`).
 - `push_messages` sends each message on `jobs/{job}/fl/{actor}/down` (frames: `ember.fl.serde`);
