@@ -8,6 +8,7 @@ appends nothing twice: the log ignores a second append of the same id.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -188,6 +189,16 @@ def parse_event(envelope: Envelope) -> Event:
 def aggregate_of(event_type: str) -> str:
     cls = Event.registry.get(event_type)
     return cls.aggregate if cls else "other"
+
+
+def event_streams(*, aggregate: str | None = None, without: Collection[str] = ()) -> list[tuple[str, str]]:
+    """(aggregate, type) of every known event type (of one aggregate), the types in `without`
+    left out: the `events/{aggregate}/{type}` topics a consumer subscribes to one by one."""
+    return [
+        (cls.aggregate, name)
+        for name, cls in sorted(Event.registry.items())
+        if name not in without and (aggregate is None or cls.aggregate == aggregate)
+    ]
 
 
 # --- node and actor topic payloads (the `data` of their envelopes) ----------------------------

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Collection
 from ember import topics
 from ember.bus import Bus, Message
 from ember.eventlog.base import EventLog, StoredEvent
-from ember.events import Event, RoundCompleted
+from ember.events import RoundCompleted, event_streams
 from ember.log import get_logger
 from ember.projection import Projection
 
@@ -52,9 +52,8 @@ class LogFollower:
         self._resync_every = resync_every
         self._quiet = frozenset(quiet)
         self.log = get_logger("ember.follower", consumer=name)
-        for event_type, event in sorted(Event.registry.items()):
-            if event_type not in self._quiet:
-                bus.subscribe(topics.EVENT, self._on_event, aggregate=event.aggregate, type=event_type)
+        for aggregate, event_type in event_streams(without=self._quiet):
+            bus.subscribe(topics.EVENT, self._on_event, aggregate=aggregate, type=event_type)
 
     async def _on_event(self, _message: Message) -> None:
         self._wake.set()

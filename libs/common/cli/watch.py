@@ -25,7 +25,7 @@ from ember.bus import Bus, Message
 from ember.cli.common import call, clock, elapsed, styled
 from ember.cli.render import detail
 from ember.errors import RequestTimeout, Unavailable
-from ember.events import Event, RoundCompleted
+from ember.events import RoundCompleted, event_streams
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 LIVE_ROUNDS = 10
@@ -54,9 +54,8 @@ async def follow_job(
     if live is not None:
         bus.subscribe(topics.EVENT, on_message, aggregate="job")
     else:  # plain output prints transitions only: rounds need not wake it (a fast job has dozens a second)
-        for name, event in sorted(Event.registry.items()):
-            if event.aggregate == "job" and name != RoundCompleted.__name__:
-                bus.subscribe(topics.EVENT, on_message, aggregate="job", type=name)
+        for aggregate, event_type in event_streams(aggregate="job", without=(RoundCompleted.__name__,)):
+            bus.subscribe(topics.EVENT, on_message, aggregate=aggregate, type=event_type)
     bus.subscribe(topics.ACTOR_STATE, on_message)
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
