@@ -67,7 +67,7 @@ def test_reassembler_is_bounded():
 @contextlib.asynccontextmanager
 async def one_learner(url: str, app: ClientApp, job: str, actor: str = "learner-a"):
     """An aggregator's grid and one learner serving `app` over a real broker, ready; yields
-    (grid, the learner's serving task)."""
+    (grid, the learner's bus, the learner's serving task)."""
     agg_bus = Bus(url, client_id=f"agg-{job}")
     grid = MqttGrid(agg_bus, job=job, learners=[actor], minimum=1, run_id=1)
     bus, endpoint = learner_bus(url, root="ember/v1", job=job, actor=actor)
@@ -135,7 +135,6 @@ async def test_node_ids_do_not_shrink_between_pushes(mqtt_broker):
         await asyncio.wait_for(asyncio.gather(*serving), 10)
 
 
-@pytest.mark.filterwarnings("ignore:coroutine 'sleep' was never awaited:RuntimeWarning")
 async def test_learner_answers_apps_on_the_loop_or_in_a_thread_as_they_need(mqtt_broker):
     """Fast message types are answered on the learner's loop (no thread hand-off); slow ones, and
     an app that needs a thread of its own (here: it calls `asyncio.run`), in a worker thread;
@@ -155,13 +154,22 @@ async def test_learner_answers_apps_on_the_loop_or_in_a_thread_as_they_need(mqtt
     @app.evaluate()
     def slow(message: Message, context) -> Message:
         seen["evaluate"].append(threading.current_thread() is threading.main_thread())
-        time.sleep(INLINE_MAX_S * 1.5)  # work longer than the loop may be blocked
+        time.sleep(INLINE_MAX_S * 1.5)  # stands for the app's own work, longer than the loop may be blocked (not a wait)
         return Message(message.content, reply_to=message)
+
+    async def seven() -> int:
+        return 7
 
     @app.query()
     def own_loop(message: Message, context) -> Message:
         seen["query"].append(threading.current_thread() is threading.main_thread())
-        return Message(RecordDict({"config": ConfigRecord({"x": asyncio.run(asyncio.sleep(0, 7))})}), reply_to=message)
+        coro = seven()
+        try:
+            x = asyncio.run(coro)  # RuntimeError on a thread that runs an event loop
+        except RuntimeError:
+            coro.close()
+            raise
+        return Message(RecordDict({"config": ConfigRecord({"x": x})}), reply_to=message)
 
     async with one_learner(mqtt_broker.url, app, "inline-job") as (grid, _, serving):
         compat.set_task_identity(run_id=1, node_id=compat.AGGREGATOR_NODE_ID)
