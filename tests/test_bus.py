@@ -97,3 +97,34 @@ async def test_reconnects_after_broker_restart(mqtt_broker):
         await assert_eventually(lambda: sub.connected, timeout=10)
         await pub.publish(topic, pub.envelope("SensorReadings", {}, id="after"), timeout=15)
         await assert_eventually(lambda: "after" in got, timeout=15)
+
+
+async def test_packets_are_written_at_once_and_large_ones_still_arrive_whole(mqtt_broker):
+    """A publish on the loop's thread leaves nothing queued for the loop's writer (it went out
+    at once); a payload larger than the socket's send buffer falls back to the writer and still
+    arrives whole; a burst of concurrent publishes arrives complete and in order."""
+    got: list[bytes] = []
+
+    async def on_data(message: Message) -> None:
+        got.append(message.payload)
+
+    sub = Bus(mqtt_broker.url)
+    sub.subscribe(topics.DATA, on_data, raw=True, tag="t")
+    async with sub, Bus(mqtt_broker.url) as pub:
+        topic = topics.DATA.format("ember/v1", tag="t")
+        paho = pub._client._client
+        loop = asyncio.get_running_loop()
+        paho.publish(topic, b"first", qos=1)  # what aiomqtt's publish does first
+        assert not paho.want_write(), "the packet waited for the loop's writable event"
+        assert paho.socket().fileno() not in {key.fd for key in loop._selector.get_map().values() if key.events & 2}
+        await assert_eventually(lambda: got == [b"first"])
+
+        big = bytes(range(256)) * (16 * 1024 * 1024 // 256)  # 16 MiB, far more than a send buffer
+        await pub.publish(topic, big, timeout=30)
+        await assert_eventually(lambda: len(got) == 2, timeout=20)
+        assert got[1] == big
+
+        burst = [f"m{i}".encode() for i in range(300)]
+        await asyncio.gather(*(pub.publish(topic, payload) for payload in burst))
+        await assert_eventually(lambda: len(got) == 302, timeout=20)
+        assert got[2:] == burst
