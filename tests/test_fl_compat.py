@@ -73,6 +73,9 @@ def test_shared_content_is_serialised_once_to_the_same_bytes():
     for i, message in enumerate(messages):
         compat.set_message_id(message, f"id-{i}")
     assert compat.messages_to_bytes(messages) == [compat.message_to_bytes(m) for m in messages]
+    parts = compat.message_parts(messages)
+    assert parts[0][1] is parts[1][1] is parts[2][1] and parts[3][1] is not parts[0][1]  # serialised once
+    assert parts[4][1] == b""  # an error reply is all head
     back = compat.message_from_bytes(compat.messages_to_bytes(messages)[1])
     assert back.metadata == messages[1].metadata and np.array_equal(back.content["arrays"].to_numpy_ndarrays()[0], np.arange(650))
 

@@ -15,7 +15,7 @@ from ember.fl import flwr_compat as compat
 from ember.fl.clientapp import learner_context
 from ember.fl.grid import MqttGrid, node_id_for
 from ember.fl.learner import learner_bus
-from ember.fl.serde import CHUNK_BYTES, Frame, Reassembler, chunk_message, decode_frame, signal
+from ember.fl.serde import CHUNK_BYTES, Frame, Reassembler, chunk_message, decode_frame, pack_cast, signal, unpack_cast
 from ember.testing import assert_eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,6 +62,16 @@ def test_reassembler_is_bounded():
     for transfer in "abc":
         assert joiner.feed(Frame("msg", {"t": transfer, "i": 0, "n": 2, "size": 2}, b"x")) is None
     assert joiner.dropped == 1
+
+
+def test_cast_gives_each_named_learner_its_own_message_and_nothing_to_others():
+    cast = pack_cast({"learner-a": b"head-a", "learner-bb": b"h-b"}, b"shared content")
+    assert unpack_cast(cast, "learner-a") == b"head-a" + b"shared content"
+    assert unpack_cast(cast, "learner-bb") == b"h-b" + b"shared content"
+    assert unpack_cast(cast, "learner-c") is None
+    for junk in (b"", b"\x00\x00", cast[:10], b"\x00\x00\x00\x02\x00\x01a\x00\x00\xff\xffxx"):
+        with pytest.raises(ValueError):
+            unpack_cast(junk, "learner-a")
 
 
 @contextlib.asynccontextmanager
@@ -184,3 +194,51 @@ async def test_learner_answers_apps_on_the_loop_or_in_a_thread_as_they_need(mqtt
         assert seen["query"] == [False, True, False, False]  # failed on the loop, answered from the thread, stays there
         await grid.signal_all("done", ok=True)
         assert await asyncio.wait_for(serving, 10) is True
+
+
+async def test_a_model_sent_to_every_learner_leaves_the_aggregator_once(mqtt_broker):
+    """A content shared by the messages to every live learner (the global model) is published once
+    on the job's cast topic, chunked when large, and each learner answers its own message; a push
+    to a sample of the learners goes to each of them alone; a learner a cast does not name drops it."""
+    app = ClientApp()
+
+    @app.train()
+    def echo(message: Message, context) -> Message:
+        return Message(message.content, reply_to=message)
+
+    job, actors = "cast-job", ["learner-a", "learner-b", "learner-c"]
+    agg_bus = Bus(mqtt_broker.url, client_id="agg-cast")
+    grid = MqttGrid(agg_bus, job=job, learners=actors, minimum=1, run_id=1)
+    learners = [learner_bus(mqtt_broker.url, root="ember/v1", job=job, actor=a) for a in actors]
+    async with agg_bus, learners[0][0], learners[1][0], learners[2][0]:
+        serving = [
+            asyncio.create_task(endpoint.run(lambda i=i: (app, learner_context(1, node_id_for(actors[i]), i, 3))))
+            for i, (_, endpoint) in enumerate(learners)
+        ]
+        assert sorted(await grid.wait_ready(10)) == actors
+        compat.set_task_identity(run_id=1, node_id=compat.AGGREGATOR_NODE_ID)
+        model = big_message().content  # 5 MB: the cast is chunked
+        messages = [Message(model, node_id_for(a), "train") for a in actors]
+        replies = list(await asyncio.to_thread(grid.send_and_receive, messages, timeout=30))
+        assert grid.stats["casts"] == 1
+        chunks = -(-len(compat.message_to_bytes(messages[0])) // CHUNK_BYTES)
+        assert chunks > 5 and grid.stats["frames_sent"] < 2 * chunks  # one copy of the model, not three
+        by_request = {r.metadata.reply_to_message_id: r for r in replies}
+        assert sorted(r.metadata.src_node_id for r in replies) == sorted(node_id_for(a) for a in actors)
+        for message in messages:
+            reply = by_request[message.metadata.message_id]
+            assert not reply.has_error() and reply.metadata.src_node_id == message.metadata.dst_node_id
+            assert np.array_equal(reply.content["arrays"].to_numpy_ndarrays()[0], model["arrays"].to_numpy_ndarrays()[0])
+
+        sample = [Message(model, node_id_for(a), "train") for a in actors[:2]]
+        replies = list(await asyncio.to_thread(grid.send_and_receive, sample, timeout=30))
+        assert len(replies) == 2 and not any(r.has_error() for r in replies)
+        assert grid.stats["casts"] == 1  # a sample: each learner got its own
+        assert [endpoint.handled for _, endpoint in learners] == [2, 2, 1]
+
+        stranger = pack_cast({"learner-x": b""}, b"")
+        await agg_bus.publish(topics.FL_CAST.format("ember/v1", job=job), next(chunk_message(stranger)))
+        await assert_eventually(lambda: all(bus.stats["casts_not_addressed"] == 1 for bus, _ in learners))
+        assert [endpoint.handled for _, endpoint in learners] == [2, 2, 1]
+        await grid.signal_all("done", ok=True)
+        await asyncio.wait_for(asyncio.gather(*serving), 10)

@@ -106,6 +106,7 @@ ACTIONS: dict[topics.TopicTemplate, tuple[str, str]] = {
     topics.ACTOR_LOG: ("flamelet", "ember CLI (job logs --follow)"),
     topics.JOB_PROGRESS: ("aggregator actor", "manager"),
     topics.FL_DOWN: ("aggregator actor", "learner actor"),
+    topics.FL_CAST: ("aggregator actor", "every learner actor of the job"),
     topics.FL_UP: ("learner actor", "aggregator actor"),
     topics.DATA: ("edge devices", "mldata"),
 }

@@ -52,6 +52,7 @@ __all__ = [
     "make_run",
     "message_from_bytes",
     "message_to_bytes",
+    "message_parts",
     "messages_to_bytes",
     "run_config_from_dir",
     "set_message_id",
@@ -80,24 +81,31 @@ def message_to_bytes(message: Message) -> bytes:
     return message_to_proto(message).SerializeToString()
 
 
-def messages_to_bytes(messages: Sequence[Message]) -> list[bytes]:
-    """`message_to_bytes` of each message, a content shared by several of them serialised once.
+def message_parts(messages: Sequence[Message]) -> list[tuple[bytes, bytes]]:
+    """Each message as `(head, body)` protobuf bytes whose concatenation is `message_to_bytes`;
+    a content shared by several messages is serialised once and is the same `body` object.
 
     Flower's strategies send one `RecordDict` (the global model) to every node; serialising it
     for each is N times the work for the same bytes. Protobuf bytes of two messages concatenated
-    parse as their merge, so each message is its own metadata's bytes followed by the shared
-    content's (checked byte for byte against `message_to_bytes` by the contract test)."""
+    parse as their merge, so a message with content is its own metadata's bytes (`head`) followed
+    by the content's (`body`); one with an error or no content is all `head` (checked byte for
+    byte against `message_to_bytes` by the contract test)."""
     shared: dict[int, bytes] = {}
     out = []
     for message in messages:
         if message.has_error() or not message.has_content():
-            out.append(message_to_bytes(message))
+            out.append((message_to_bytes(message), b""))
             continue
         key = id(message.content)
         if key not in shared:
             shared[key] = ProtoMessage(content=recorddict_to_proto(message.content)).SerializeToString()
-        out.append(ProtoMessage(metadata=metadata_to_proto(message.metadata)).SerializeToString() + shared[key])
+        out.append((ProtoMessage(metadata=metadata_to_proto(message.metadata)).SerializeToString(), shared[key]))
     return out
+
+
+def messages_to_bytes(messages: Sequence[Message]) -> list[bytes]:
+    """`message_to_bytes` of each message, a content shared by several of them serialised once."""
+    return [head + body for head, body in message_parts(messages)]
 
 
 def message_from_bytes(data: bytes) -> Message:

@@ -8,7 +8,10 @@ several, once); small replies are decoded on the loop as they arrive, large ones
 
 - Each learner actor id maps to a stable int node id (`node_id_for`).
 - `push_messages` sends each message on `jobs/{job}/fl/{actor}/down` (frames: `ember.fl.serde`);
-  replies arrive on `.../up` and resolve the message's pending future.
+  replies arrive on `.../up` and resolve the message's pending future. Messages that share one
+  content (Flower's strategies send the global model to every node) and together address every
+  live learner go out as one *cast* on `jobs/{job}/fl/cast`: the content leaves the aggregator
+  once, not once per learner, and the broker fans it out.
 - A learner is live after its `ready` frame and until its `gone` frame (its MQTT Last Will).
   Messages to a learner that goes get an error reply (`NODE_UNAVAILABLE`), as Flower's
   SuperLink would give; messages not answered within the timeout get no reply.
@@ -41,7 +44,7 @@ from ember.bus import Message as BusMessage
 from ember.errors import EmberError
 from ember.fl import flwr_compat as compat
 from ember.fl.rounds import RoundBook, round_key
-from ember.fl.serde import Reassembler, chunk_message, decode_frame, signal
+from ember.fl.serde import Reassembler, chunk_message, decode_frame, pack_cast, signal
 from ember.log import get_logger
 
 T = TypeVar("T")
@@ -70,8 +73,23 @@ def node_id_for(actor: str) -> int:
     return int.from_bytes(hashlib.sha256(actor.encode()).digest()[:7], "big") + 2
 
 
-_Outgoing = tuple[str, str, Message, int, list[bytes]]
-"""A message ready to push: (message id, learner actor, message, round number, frames)."""
+_Outgoing = tuple[str, str, Message, int]
+"""A message to push: (message id, learner actor, message, round number)."""
+
+
+@dataclass
+class _Publish:
+    """The frames of one message to one learner (`actor`), or of a cast to `actors` (`actor` None)."""
+
+    actor: str | None
+    actors: list[str]
+    frames: list[bytes]
+
+
+@dataclass
+class _Batch:
+    messages: list[_Outgoing]
+    publishes: list[_Publish]
 
 
 @dataclass
@@ -144,7 +162,7 @@ class MqttGrid(Grid):
         batch = self._prepare(messages)
         self._call(self._push_all(batch))
         self._rounds_started(batch)
-        return [message_id for message_id, *_ in batch]
+        return [message_id for message_id, *_ in batch.messages]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         replies = []
@@ -154,7 +172,7 @@ class MqttGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         batch = self._prepare(messages)
-        if not batch:
+        if not batch.messages:
             return []
         started = time.perf_counter()
         quick = len(self._exchange_s) == self._exchange_s.maxlen and max(self._exchange_s) <= QUICK_EXCHANGE_S
@@ -179,26 +197,42 @@ class MqttGrid(Grid):
                 self.log.warning("grid.no_reply", actor=pending.actor, timeout=timeout)
         return replies
 
-    def _prepare(self, messages: Iterable[Message]) -> list[_Outgoing]:
-        """Serialise and frame each message (in the strategy's thread, off the loop); a content
-        shared by several messages (the global model) is serialised once."""
+    def _prepare(self, messages: Iterable[Message]) -> _Batch:
+        """Serialise and frame the messages (in the strategy's thread, off the loop). A content
+        shared by several messages (the global model) is serialised once, and sent once as a cast
+        when those messages address every live learner (a learner a cast does not name drops it:
+        with a sample of the learners, each gets its own message)."""
         messages = list(messages)
-        actors = []
+        batch = _Batch([], [])
         for message in messages:
             actor = self._actor_of.get(message.metadata.dst_node_id)
             if actor is None:
                 raise ValueError(f"unknown destination node {message.metadata.dst_node_id}")
-            actors.append(actor)
             compat.set_message_id(message, uuid.uuid4().hex)
-        batch: list[_Outgoing] = []
-        for message, actor, data in zip(messages, actors, compat.messages_to_bytes(messages), strict=True):
-            number = self.book.sent(round_key(message))
-            batch.append((message.metadata.message_id, actor, message, number, list(chunk_message(data))))
+            batch.messages.append((message.metadata.message_id, actor, message, self.book.sent(round_key(message))))
+        parts = compat.message_parts(messages)
+        sharing: dict[int, list[int]] = {}
+        for index, (_, body) in enumerate(parts):
+            if body:
+                sharing.setdefault(id(body), []).append(index)
+        live = set(self.live())
+        cast: set[int] = set()
+        for indices in sharing.values():
+            actors = {batch.messages[i][1] for i in indices}
+            if len(indices) >= 2 and len(actors) == len(indices) and live <= actors:
+                heads = {batch.messages[i][1]: parts[i][0] for i in indices}
+                body = parts[indices[0]][1]
+                batch.publishes.append(_Publish(None, list(heads), list(chunk_message(pack_cast(heads, body)))))
+                cast.update(indices)
+        for index, (head, body) in enumerate(parts):
+            if index not in cast:
+                actor = batch.messages[index][1]
+                batch.publishes.append(_Publish(actor, [actor], list(chunk_message(head + body))))
         return batch
 
-    def _rounds_started(self, batch: list[_Outgoing]) -> None:
+    def _rounds_started(self, batch: _Batch) -> None:
         if self.on_round_start is not None:
-            for number in sorted({number for _, _, _, number, _ in batch}):
+            for number in sorted({number for *_, number in batch.messages}):
                 self.on_round_start(number)
 
     # --- lifecycle and membership (on the event loop) ---------------------------------------
@@ -288,31 +322,35 @@ class MqttGrid(Grid):
         self._listed = sorted(live | set(self._listed))  # grows at once, shrinks at the next push
         return self._listed
 
-    async def _push_all(self, batch: list[_Outgoing]) -> None:
+    async def _push_all(self, batch: _Batch) -> None:
         self._check()
         self._listed = []  # the next get_node_ids lists the learners live then
-        sends = []
-        for message_id, actor, message, number, frames in batch:
+        reachable = set()
+        for message_id, actor, message, number in batch.messages:
             future: asyncio.Future[bytes | Message | None] = asyncio.get_running_loop().create_future()
             self._pending[message_id] = _Pending(message, actor, number, future)
             if actor in self._gone or actor not in self._ready:
                 future.set_result(None)
             else:
-                sends.append(self._send(actor, frames))
-        await asyncio.gather(*sends)
+                reachable.add(actor)
+        await asyncio.gather(*(self._send(publish) for publish in batch.publishes if reachable.intersection(publish.actors)))
 
-    async def _exchange(self, batch: list[_Outgoing], timeout: float | None) -> list[tuple[_Pending, bytes | Message | None]]:
+    async def _exchange(self, batch: _Batch, timeout: float | None) -> list[tuple[_Pending, bytes | Message | None]]:
         """Push, wait for the replies, take them: one hop from the strategy's thread, not three."""
-        ids = [message_id for message_id, *_ in batch]
+        ids = [message_id for message_id, *_ in batch.messages]
         await self._push_all(batch)
         await self._wait(ids, timeout)
         return await self._take(ids, drop_missing=True)
 
-    async def _send(self, actor: str, frames: list[bytes]) -> None:
-        topic = self._down(actor)
-        for frame in frames:
+    async def _send(self, publish: _Publish) -> None:
+        if publish.actor is None:
+            topic = topics.FL_CAST.format(self.bus.root, job=self.job)
+            self.stats["casts"] += 1
+        else:
+            topic = self._down(publish.actor)
+        for frame in publish.frames:
             await self.bus.publish(topic, frame)
-        self.stats["frames_sent"] += len(frames)
+        self.stats["frames_sent"] += len(publish.frames)
 
     async def _wait(self, ids: list[str], timeout: float | None) -> None:
         loop = asyncio.get_running_loop()

@@ -1,6 +1,8 @@
 """The learner's side of the grid: answer the aggregator's Flower messages with a ClientApp.
 
-`LearnerEndpoint` subscribes (raw) to its `down` topic, joins chunked messages, hands each
+`LearnerEndpoint` subscribes (raw) to its `down` topic and to the job's `cast` topic (one
+content for several learners: it takes its own message out of a cast that names it and ignores
+the others), joins chunked messages, hands each
 message to a Flower `ClientApp` (one at a time, in arrival order) and publishes the reply on
 its `up` topic. It announces `ready` when told the app is prepared (and again on every `ping`
 and reconnect), and finishes when the aggregator sends `done`.
@@ -31,7 +33,7 @@ from ember import topics
 from ember.bus import Bus
 from ember.bus import Message as BusMessage
 from ember.fl import flwr_compat as compat
-from ember.fl.serde import Reassembler, chunk_message, decode_frame, signal
+from ember.fl.serde import Reassembler, chunk_message, decode_frame, signal, unpack_cast
 from ember.log import get_logger
 
 ClientAppLike = Callable[[Message, Context], Message]
@@ -68,10 +70,12 @@ class LearnerEndpoint:
         self._context: Context | None = None
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._chunks = Reassembler()
+        self._cast_chunks = Reassembler()
         self._last_s: dict[str, float] = {}
         """Seconds the last message of each type took to handle (see `INLINE_MAX_S`)."""
         self._up = up_topic(bus.root, job, actor)
         bus.subscribe(topics.FL_DOWN, self._on_down, raw=True, job=job, actor=actor)
+        bus.subscribe(topics.FL_CAST, self._on_cast, raw=True, job=job)
 
     @property
     def ready(self) -> bool:
@@ -144,6 +148,21 @@ class LearnerEndpoint:
             self.done.set()
         else:
             raise ValueError(f"unexpected {frame.kind!r} frame on a down topic")
+
+    async def _on_cast(self, message: BusMessage) -> None:
+        if not message.payload:
+            return
+        frame = decode_frame(message.payload)  # ValueError: logged, counted, dropped by the bus
+        if frame.kind != "msg":
+            raise ValueError(f"unexpected {frame.kind!r} frame on the cast topic")
+        whole = self._cast_chunks.feed(frame)
+        if whole is None:
+            return
+        mine = unpack_cast(whole[0], self.actor)
+        if mine is None:
+            self.bus.stats["casts_not_addressed"] += 1  # the aggregator sampled other learners
+        else:
+            self._queue.put_nowait(mine)
 
     async def _work(self) -> None:
         while True:

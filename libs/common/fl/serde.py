@@ -1,4 +1,5 @@
-"""Frames on `jobs/{job}/fl/{actor}/down|up`: Flower messages (chunked) and control signals.
+"""Frames on `jobs/{job}/fl/{actor}/down|up` and `jobs/{job}/fl/cast`: Flower messages (chunked)
+and control signals.
 
 These topics carry binary frames, not JSON envelopes (the bus subscribes to them raw).
 
@@ -21,6 +22,17 @@ The header is a JSON object whose `k` (kind) is one of:
   An empty retained payload clears the status (a learner's clean exit).
 - `ping` (aggregator -> learner): "announce yourself again if you are ready".
 - `done` (aggregator -> learner): training is over (`ok` true/false); the learner exits.
+
+A *cast* (`jobs/{job}/fl/cast`, aggregator -> every learner) carries one Flower content for
+several learners at once: its `msg` chunks join to `pack_cast` bytes, a table of each addressed
+learner's message head (its metadata, serialised alone) followed by the shared content, once::
+
+    +-----------+---------------------------------------------------+-----------------+
+    | count: u32| count x (u16 actor len, actor, u32 head len, head) | shared content  |
+    +-----------+---------------------------------------------------+-----------------+
+
+A learner's message is its head followed by the content (`unpack_cast`); a learner the table
+does not name ignores the cast.
 """
 
 from __future__ import annotations
@@ -35,6 +47,8 @@ from typing import Any, Literal
 
 MAGIC = b"EMB1"
 _PREFIX = struct.Struct(">4sH")
+_U32 = struct.Struct(">I")
+_U16 = struct.Struct(">H")
 CHUNK_BYTES = 512 * 1024
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024 * 1024
 MAX_CHUNKS = MAX_MESSAGE_BYTES // CHUNK_BYTES
@@ -141,3 +155,38 @@ class Reassembler:
         if len(data) != size:
             raise ValueError(f"transfer {transfer[:12]} joined to {len(data)} bytes, header says {size}")
         return data, partial.reply_to
+
+
+def pack_cast(heads: dict[str, bytes], content: bytes) -> bytes:
+    """One cast: each learner's message head (`actor -> bytes`) and the content they share."""
+    parts = [_U32.pack(len(heads))]
+    for actor, head in heads.items():
+        name = actor.encode()
+        parts += [_U16.pack(len(name)), name, _U32.pack(len(head)), head]
+    parts.append(content)
+    return b"".join(parts)
+
+
+def unpack_cast(data: bytes, actor: str) -> bytes | None:
+    """`actor`'s whole message (its head + the shared content) from a cast; None if the cast
+    does not name it. Raises ValueError on a malformed table."""
+    view = memoryview(data)
+    try:
+        (count,) = _U32.unpack_from(view, 0)
+        offset, mine = _U32.size, None
+        for _ in range(count):
+            (name_len,) = _U16.unpack_from(view, offset)
+            name = bytes(view[offset + _U16.size : offset + _U16.size + name_len])
+            offset += _U16.size + name_len
+            (head_len,) = _U32.unpack_from(view, offset)
+            offset += _U32.size
+            if offset + head_len > len(data):
+                raise ValueError("cast table runs past its end")
+            if mine is None and name == actor.encode():
+                mine = bytes(view[offset : offset + head_len])
+            offset += head_len
+    except struct.error:
+        raise ValueError("truncated cast table") from None
+    if mine is None:
+        return None
+    return mine + data[offset:]
