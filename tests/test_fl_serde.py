@@ -132,6 +132,7 @@ async def test_node_ids_do_not_shrink_between_pushes(mqtt_broker):
         assert sorted(await grid.wait_ready(10)) == actors
         both = sorted(node_id_for(a) for a in actors)
         assert list(await asyncio.to_thread(grid.get_node_ids)) == both
+        assert list(grid.get_node_ids()) == both  # read where it is called: no hop to the loop (Flower asks before every push)
         learners[1][1].stop("leaving")  # learner-b says it is gone
         await assert_eventually(lambda: grid.live() == ["learner-a"], message="learner-b never seen gone")
         assert list(await asyncio.to_thread(grid.get_node_ids)) == both  # still listed until a push

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import threading
 import time
 import uuid
 from collections import Counter, deque
@@ -131,6 +132,7 @@ class MqttGrid(Grid):
         self._armed = False
         self._closed: str | None = None
         self._listed: list[int] = []
+        self._listed_lock = threading.Lock()
         """What `get_node_ids` last returned (see the module docstring)."""
         self._run = compat.make_run(run_id)
         self.on_round_start: Callable[[int], None] | None = None
@@ -156,7 +158,13 @@ class MqttGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        return self._call(self._live_ids())
+        """The live learners' node ids, read in the calling thread (no hop to the loop: Flower
+        asks before every push; the membership sets are only read here, and `_listed` is guarded)."""
+        self._check()
+        live = {self._node_of[actor] for actor in self.live()}
+        with self._listed_lock:
+            self._listed = sorted(live | set(self._listed))  # grows at once, shrinks at the next push
+            return list(self._listed)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         batch = self._prepare(messages)
@@ -316,15 +324,10 @@ class MqttGrid(Grid):
         if reason:
             raise TooFewLearners(reason)
 
-    async def _live_ids(self) -> list[int]:
-        self._check()
-        live = {self._node_of[actor] for actor in self.live()}
-        self._listed = sorted(live | set(self._listed))  # grows at once, shrinks at the next push
-        return self._listed
-
     async def _push_all(self, batch: _Batch) -> None:
         self._check()
-        self._listed = []  # the next get_node_ids lists the learners live then
+        with self._listed_lock:
+            self._listed = []  # the next get_node_ids lists the learners live then
         reachable = set()
         for message_id, actor, message, number in batch.messages:
             future: asyncio.Future[bytes | Message | None] = asyncio.get_running_loop().create_future()
