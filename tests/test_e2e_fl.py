@@ -102,10 +102,10 @@ async def test_digits_succeeds_and_is_tracked_in_mlflow(stack: Stack, digits: Pa
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
-    # the job's run is named after the job id (the job result names it too, once the manager carries it)
+    # the job's run is named after the job id, and the job's result names it and the model version
     run_id, version = find_mlflow_run(uri, spec["tracking"]["experiment"], job["job"])
     assert run_id and version, "no MLflow run / registered model version for the job"
-    assert result.get("mlflow_run_id") in ("", None, run_id) and result.get("model_version") in ("", None, version)
+    assert (result["mlflow_run_id"], result["model_version"]) == (run_id, version)
     history = client.get_metric_history(run_id, "eval_accuracy")
     assert sorted(m.step for m in history) == list(range(1, rounds + 1))  # one point per round
     assert client.get_run(run_id).info.status == "FINISHED"

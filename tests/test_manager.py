@@ -23,6 +23,7 @@ from ember.events import (
     NodeStatus,
     Placement,
     Role,
+    JobResult,
     RoundCompleted,
     fact_id,
 )
@@ -127,17 +128,45 @@ async def test_success_path_from_reports(manager, client, eventlog):
     await state_of(client, job, "running")
     progress = RoundCompleted(round=1, metrics={"accuracy": 0.9}, learners=[f"{job}-l0", f"{job}-l1"])
     await client.publish(topics.JOB_PROGRESS.format(ROOT, job=job), client.envelope("RoundCompleted", progress.model_dump(mode="json")))
+    result = JobResult(metrics={"accuracy": 0.91}, mlflow_run_id="run-1", model_version="3")
+    await client.publish(topics.JOB_PROGRESS.format(ROOT, job=job), client.envelope("JobResult", result.model_dump(mode="json")))
+    await assert_eventually(lambda: eventlog.get(fact_id(job, "result")), message="the aggregator's result never reached the log")
     for actor in ("l0", "l1", "agg"):
         await report(client, job, actor, ActorState.EXITED, exit_code=0)
     summary = await state_of(client, job, "succeeded")
     assert [t["state"] for t in summary["transitions"]] == ["submitted", "building", "placing", "deploying", "running", "succeeded"]
     assert [r["round"] for r in summary["rounds"]] == [1]
-    assert summary["result"]["metrics"] == {"accuracy": 0.9}
+    assert summary["result"]["metrics"] == {"accuracy": 0.91}  # the aggregator's final metrics
+    assert (summary["result"]["mlflow_run_id"], summary["result"]["model_version"]) == ("run-1", "3")
+    assert (await eventlog.get(fact_id(job, "terminal"))).envelope.data["mlflow_run_id"] == "run-1"
+    assert manager.bus.stats["dropped_invalid"] == 0
     assert {a["actor"]: a["state"] for a in summary["actors"]} == {f"{job}-{a}": "exited" for a in ("agg", "l0", "l1")}
     terminal = await eventlog.get(fact_id(job, "terminal"))
     assert terminal.type == "JobSucceeded"
     with pytest.raises(Conflict):
         await client.request("jobs.cancel", {"job": job})
+
+
+async def test_a_result_reported_after_the_exit_still_reaches_the_job(manager, client, eventlog):
+    """The aggregator's `JobResult` and its exit come from two clients; a result that arrives after
+    the job succeeded is still shown with it."""
+    job = (await client.request("jobs.submit", {"spec": SPEC}))["job"]
+    await simulate_build_and_placement(client, eventlog, job)
+    for actor in ("agg", "l0", "l1"):
+        await report(client, job, actor, ActorState.RUNNING)
+    for actor in ("l0", "l1", "agg"):
+        await report(client, job, actor, ActorState.EXITED, exit_code=0)
+    await state_of(client, job, "succeeded")
+    result = JobResult(metrics={"loss": 0.1}, mlflow_run_id="run-2", model_version="1")
+    await client.publish(topics.JOB_PROGRESS.format(ROOT, job=job), client.envelope("JobResult", result.model_dump(mode="json")))
+
+    async def tracked():
+        summary = await client.request("jobs.get", {"job": job})
+        return summary if summary["result"].get("mlflow_run_id") else None
+
+    summary = await assert_eventually(tracked, timeout=10, interval=0.05, message="a late result never reached the job")
+    assert summary["state"] == "succeeded" and summary["result"]["model_version"] == "1"
+    assert summary["result"]["reason"] == "aggregator exited with code 0"
 
 
 async def test_rounds_recorded_once_and_get_can_ask_for_the_latest_only(manager, client, eventlog):

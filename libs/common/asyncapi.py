@@ -90,7 +90,7 @@ PAYLOADS: dict[topics.TopicTemplate, list[type[BaseModel]]] = {
     topics.NODE_DESIRED: [events.DesiredState],
     topics.ACTOR_STATE: [events.ActorReport],
     topics.ACTOR_LOG: [events.ActorLogLines],
-    topics.JOB_PROGRESS: [events.RoundCompleted],
+    topics.JOB_PROGRESS: [events.RoundCompleted, events.JobResult],
     topics.DATA: [SensorReadings],
 }
 

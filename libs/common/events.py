@@ -149,6 +149,14 @@ class RoundCompleted(Event):
     failed: list[str] = Field(default_factory=list)
 
 
+class ResultReported(Event):
+    """The aggregator's result of a finished training (its `JobResult` on `jobs/{job}/progress`)."""
+
+    metrics: dict[str, float] = Field(default_factory=dict)
+    mlflow_run_id: str = ""
+    model_version: str = ""
+
+
 class JobSucceeded(Event):
     reason: str = ""
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -202,6 +210,15 @@ def event_streams(*, aggregate: str | None = None, without: Collection[str] = ()
 
 
 # --- node and actor topic payloads (the `data` of their envelopes) ----------------------------
+
+
+class JobResult(_Model):
+    """What the aggregator publishes on `jobs/{job}/progress` once training succeeded: the final
+    metrics, the MLflow run and the registered model version (empty when not tracked)."""
+
+    metrics: dict[str, float] = Field(default_factory=dict)
+    mlflow_run_id: str = ""
+    model_version: str = ""
 
 
 class NodeInfo(_Model):

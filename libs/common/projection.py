@@ -25,6 +25,7 @@ from ember.events import (
     JobState,
     JobSubmitted,
     JobSucceeded,
+    ResultReported,
     NodeJoined,
     NodeLost,
     Role,
@@ -208,9 +209,13 @@ class Projection:
                 job.round_numbers.add(event.round)
                 job.rounds.append(event.model_dump(mode="json"))
             return False
+        if isinstance(event, ResultReported):  # before or after JobSucceeded: whichever came first
+            job.result.update({k: v for k, v in event.model_dump(mode="json").items() if v})
+            return False
         nonterminal = (S.SUBMITTED, S.BUILDING, S.PLACING, S.DEPLOYING, S.RUNNING)
         if isinstance(event, JobSucceeded):
-            job.result = event.model_dump(mode="json")
+            reported = {k: v for k, v in job.result.items() if v}
+            job.result = event.model_dump(mode="json") | reported
             return self._move(job, S.SUCCEEDED, event.reason or "succeeded", stored, nonterminal)
         if isinstance(event, JobFailed):
             return self._move(job, S.FAILED, event.reason, stored, nonterminal)

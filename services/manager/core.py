@@ -12,7 +12,7 @@ from typing import Any
 from ember.bus import Bus
 from ember.errors import Conflict, InvalidRequest
 from ember.eventlog.base import EventLog, StoredEvent
-from ember.events import ActorReport, Event, NodeInfo, NodeStatus, RoundCompleted
+from ember.events import ActorReport, Event, JobResult, NodeInfo, NodeStatus, RoundCompleted
 from ember.follower import LogFollower, append_and_publish
 from ember.log import get_logger
 from ember.manager import decide, jobs, reports
@@ -93,13 +93,15 @@ class Manager:
         event_id, event = decision
         await self.append(event_id, report.job, event)
 
-    async def record_round(self, job_id: str, event: RoundCompleted) -> None:
-        decision = reports.round_event(event, self.projection.jobs.get(job_id), job_id)
+    async def record_progress(self, job_id: str, report: RoundCompleted | JobResult) -> None:
+        """A round the aggregator finished (`{job}:round:{n}`), or its final result (`{job}:result`)."""
+        decide_event = reports.round_event if isinstance(report, RoundCompleted) else reports.result_event
+        decision = decide_event(report, self.projection.jobs.get(job_id), job_id)  # type: ignore[arg-type]
         if isinstance(decision, reports.Skip):
             await self.catch_up()
-            decision = reports.round_event(event, self.projection.jobs.get(job_id), job_id)
+            decision = decide_event(report, self.projection.jobs.get(job_id), job_id)  # type: ignore[arg-type]
         if isinstance(decision, reports.Skip):
-            log.info("progress.dropped", job=job_id, round=event.round, reason=decision.reason)
+            log.info("progress.dropped", job=job_id, round=getattr(report, "round", None), reason=decision.reason)
             return
         event_id, event = decision
         await self.append(event_id, job_id, event)

@@ -72,8 +72,9 @@ def decide(job: JobView, *, tail_lines: int = 20) -> list[Decision]:
         out: list[Decision] = []
         if job.state == JobState.DEPLOYING:
             out.append((running_id, JobRunning(reason="actors ran; aggregator finished")))
-        metrics = dict(job.rounds[-1].get("metrics", {})) if job.rounds else {}
-        out.append((terminal, JobSucceeded(reason="aggregator exited with code 0", metrics=metrics)))
+        metrics = job.result.get("metrics") or (dict(job.rounds[-1].get("metrics", {})) if job.rounds else {})
+        tracked = {k: job.result[k] for k in ("mlflow_run_id", "model_version") if job.result.get(k)}
+        out.append((terminal, JobSucceeded(reason="aggregator exited with code 0", metrics=metrics, **tracked)))
         return out
     learners = job.learners()
     down = sorted((a for a in learners if a.state in DOWN), key=lambda a: (a.index, a.actor))

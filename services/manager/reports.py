@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ember.envelope import Envelope
-from ember.events import ActorReport, ActorState, ActorStateChanged, RoundCompleted, fact_id
+from ember.events import ActorReport, ActorState, ActorStateChanged, JobResult, ResultReported, RoundCompleted, fact_id
 from ember.projection import JobView
 
 ORDER = {
@@ -65,10 +65,20 @@ def actor_event(report: ActorReport, job: JobView | None) -> tuple[str, ActorSta
     return fact_id(report.job, report.actor, report.state.value), event
 
 
-def parse_progress(envelope: Envelope) -> RoundCompleted:
-    if envelope.type != RoundCompleted.__name__:
-        raise ValueError(f"expected a RoundCompleted envelope on a progress topic, got {envelope.type!r}")
-    return RoundCompleted.model_validate(envelope.data)
+def parse_progress(envelope: Envelope) -> RoundCompleted | JobResult:
+    """A progress report: a `RoundCompleted`, or the `JobResult` at the end of training."""
+    if envelope.type == RoundCompleted.__name__:
+        return RoundCompleted.model_validate(envelope.data)
+    if envelope.type == JobResult.__name__:
+        return JobResult.model_validate(envelope.data)
+    raise ValueError(f"expected a RoundCompleted or JobResult envelope on a progress topic, got {envelope.type!r}")
+
+
+def result_event(result: JobResult, job: JobView | None, job_id: str) -> tuple[str, ResultReported] | Skip:
+    """`{job}:result` for a known job: its final metrics, MLflow run and model version."""
+    if job is None:
+        return Skip(f"unknown job {job_id}")
+    return fact_id(job_id, "result"), ResultReported(**result.model_dump())
 
 
 def round_event(event: RoundCompleted, job: JobView | None, job_id: str) -> tuple[str, RoundCompleted] | Skip:

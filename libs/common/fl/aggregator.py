@@ -26,7 +26,7 @@ from typing import Any
 from ember import topics
 from ember.bus import Bus
 from ember.errors import EmberError
-from ember.events import RoundCompleted, fact_id
+from ember.events import JobResult, RoundCompleted, fact_id
 from ember.fl import flwr_compat as compat
 from ember.fl.clientapp import base_config, new_manager
 from ember.fl.grid import MqttGrid, TooFewLearners
@@ -59,7 +59,7 @@ class AggregatorResult:
 
     def data(self) -> dict[str, Any]:
         """The `JobResult` envelope's data (and the `EMBER_RESULT` line)."""
-        return {"metrics": self.metrics, "mlflow_run_id": self.mlflow_run_id, "model_version": self.model_version}
+        return JobResult(metrics=self.metrics, mlflow_run_id=self.mlflow_run_id, model_version=self.model_version).model_dump(mode="json")
 
 
 class Aggregator:
@@ -203,7 +203,7 @@ class Aggregator:
 
     # --- on the loop ----------------------------------------------------------------------------
     async def _publish_result(self) -> None:
-        envelope = self.bus.envelope("JobResult", self.result.data(), subject=self.job, id=fact_id(self.job, "result"))
+        envelope = self.bus.envelope(JobResult.__name__, self.result.data(), subject=self.job, id=fact_id(self.job, "result"))
         await self.bus.publish(topics.JOB_PROGRESS.format(self.bus.root, job=self.job), envelope)
 
     async def _say_done(self) -> None:
