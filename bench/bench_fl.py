@@ -48,6 +48,7 @@ def analyse(summary: dict[str, Any]) -> dict[str, Any]:
     overhead = [r - c for r, c in zip(rounds, compute)]
     steady = overhead[1:] or overhead
     return {
+        "steady_overhead_s": steady,
         "rounds": len(rounds),
         "wall_s": sum(rounds),
         "round_median_s": statistics.median(rounds[1:] or rounds),
@@ -60,8 +61,13 @@ def analyse(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median of each number over repeated runs of one engine."""
-    out = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    """Median of each number over repeated runs of one engine, and the per-round overheads of all
+    its runs pooled (median, 10th and 90th percentile: steadier than a median of run medians)."""
+    out = {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "steady_overhead_s"}
+    pooled = [o for r in runs for o in r["steady_overhead_s"]]
+    deciles = statistics.quantiles(pooled, n=10) if len(pooled) > 1 else pooled * 9
+    out.update(pooled_overhead_median_s=statistics.median(pooled), pooled_overhead_p10_s=deciles[0], pooled_overhead_p90_s=deciles[-1])
+    out["run_overheads_s"] = [r["overhead_median_s"] for r in runs]
     out["runs"] = len(runs)
     return out
 
@@ -78,6 +84,9 @@ def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if "compat" in results:
         out["overhead_compat_over_ember"] = results["compat"]["overhead_median_s"] / ember["overhead_median_s"]
         out["goal_overhead_not_above_compat"] = ember["overhead_median_s"] <= results["compat"]["overhead_median_s"]
+        out["pooled_overhead_compat_over_ember"] = results["compat"]["pooled_overhead_median_s"] / ember["pooled_overhead_median_s"]
+        pairs = list(zip(ember["run_overheads_s"], results["compat"]["run_overheads_s"]))
+        out["alternating_pairs_ember_not_above_compat"] = f"{sum(e <= c for e, c in pairs)} of {len(pairs)}"
     flower = [results[e] for e in ("compat", "deployment") if e in results]
     if flower:
         fastest = min(r["wall_s"] for r in flower)
@@ -91,18 +100,22 @@ def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(results: dict[str, dict[str, Any]], ratios: dict[str, Any]) -> str:
     lines = [
-        "| engine | per-round overhead (median, rounds 2..N) | round wall time (median) | N-round wall time | held-out accuracy | federated accuracy |",
-        "|---|---|---|---|---|---|",
+        "| engine | per-round overhead (median, rounds 2..N) | all rounds pooled: median (p10-p90) | round wall time (median) | N-round wall time | held-out accuracy | federated accuracy |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
+        pooled = f"{1000 * r['pooled_overhead_median_s']:.1f} ms ({1000 * r['pooled_overhead_p10_s']:.1f}-{1000 * r['pooled_overhead_p90_s']:.1f})"
         lines.append(
-            f"| {LABELS[name]} ({r['runs']} run{'s' if r['runs'] > 1 else ''}) | {1000 * r['overhead_median_s']:.1f} ms | {1000 * r['round_median_s']:.1f} ms | "
+            f"| {LABELS[name]} ({r['runs']} run{'s' if r['runs'] > 1 else ''}) | {1000 * r['overhead_median_s']:.1f} ms | {pooled} | {1000 * r['round_median_s']:.1f} ms | "
             f"{r['wall_s']:.2f} s ({r['rounds']:.0f} rounds) | {r['holdout_accuracy']:.4f} | {r['federated_accuracy']:.4f} |"
         )
+    for name, r in results.items():
+        if r["runs"] > 1:
+            lines.append(f"\n{LABELS[name]}, each run's median overhead: " + ", ".join(f"{1000 * o:.1f}" for o in r["run_overheads_s"]) + " ms")
     if ratios:
         lines.append("")
         for key, value in ratios.items():
-            lines.append(f"- {key}: {value:.1f}" if isinstance(value, float) else f"- {key}: {value}")
+            lines.append(f"- {key}: {value:.2f}" if isinstance(value, float) else f"- {key}: {value}")
     return "\n".join(lines)
 
 
@@ -132,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             raw.setdefault(name, []).append(summary)
             runs.setdefault(name, []).append(analyse(summary))
-            print(f"[bench_fl] {name}: {json.dumps(runs[name][-1])} ({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
+            shown = {k: v for k, v in runs[name][-1].items() if k != "steady_overhead_s"}
+            print(f"[bench_fl] {name}: {json.dumps(shown)} ({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
     results = {name: combine(found) for name, found in runs.items()}
     ratios = compare(results)
     (out / "fl.json").write_text(json.dumps({"raw": raw, "results": results, "ratios": ratios}, indent=2))
