@@ -2,8 +2,8 @@
 
 Flower's strategies and a user's `ServerApp` call the grid synchronously; Ember's bus is
 asyncio. So the strategy runs in a worker thread (`asyncio.to_thread`) and every blocking
-grid method hands a coroutine to the bus's event loop (`run_coroutine_threadsafe`). All grid
-state lives on the loop. Messages are serialised in the worker thread (a content shared by
+grid method hands a coroutine to the bus's event loop (`run_coroutine_threadsafe`); only
+`get_node_ids` reads the membership where it is called. All grid state lives on the loop. Messages are serialised in the worker thread (a content shared by
 several, once); small replies are decoded on the loop as they arrive, large ones in the thread.
 
 - Each learner actor id maps to a stable int node id (`node_id_for`).
@@ -132,8 +132,8 @@ class MqttGrid(Grid):
         self._armed = False
         self._closed: str | None = None
         self._listed: list[int] = []
-        self._listed_lock = threading.Lock()
         """What `get_node_ids` last returned (see the module docstring)."""
+        self._listed_lock = threading.Lock()
         self._run = compat.make_run(run_id)
         self.on_round_start: Callable[[int], None] | None = None
         """Called (in the strategy's thread) with the round number of pushed messages, once they
@@ -209,7 +209,8 @@ class MqttGrid(Grid):
         """Serialise and frame the messages (in the strategy's thread, off the loop). A content
         shared by several messages (the global model) is serialised once, and sent once as a cast
         when those messages address every live learner (a learner a cast does not name drops it:
-        with a sample of the learners, each gets its own message)."""
+        with a sample of the learners, each gets its own message). A cast goes out when at least
+        one learner it names is reachable; the others' messages get the error reply as usual."""
         messages = list(messages)
         batch = _Batch([], [])
         for message in messages:
