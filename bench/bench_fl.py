@@ -19,9 +19,10 @@ Measured inside the ServerApp, identically on every engine (see `bench_fl_engine
 - final accuracy on the held-out rows;                                     goal: within 1 point
   of plain Flower (both Flower engines).
 
-Ember and compat run `--repeat` times, alternating (the machine is shared: medians over runs);
-the Deployment Engine, minutes per run, runs once. Writes `fl.json` and prints a Markdown table
-for docs/benchmarks.md.
+Ember and compat run `--repeat` times, alternating (the machine is shared: medians over runs,
+plus the per-round overheads of all runs pooled and the alternating pairs Ember won); the
+Deployment Engine, minutes per run, runs once. Writes `fl.json` and prints a Markdown table for
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
