@@ -209,7 +209,7 @@ def event_streams(*, aggregate: str | None = None, without: Collection[str] = ()
     ]
 
 
-# --- node and actor topic payloads (the `data` of their envelopes) ----------------------------
+# --- job, node and actor topic payloads (the `data` of their envelopes) -----------------------
 
 
 class JobResult(_Model):

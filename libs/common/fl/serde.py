@@ -170,7 +170,7 @@ def pack_cast(heads: dict[str, bytes], content: bytes) -> bytes:
 def unpack_cast(data: bytes, actor: str) -> bytes | None:
     """`actor`'s whole message (its head + the shared content) from a cast; None if the cast
     does not name it. Raises ValueError on a malformed table."""
-    view = memoryview(data)
+    view, wanted = memoryview(data), actor.encode()
     try:
         (count,) = _U32.unpack_from(view, 0)
         offset, mine = _U32.size, None
@@ -182,7 +182,7 @@ def unpack_cast(data: bytes, actor: str) -> bytes | None:
             offset += _U32.size
             if offset + head_len > len(data):
                 raise ValueError("cast table runs past its end")
-            if mine is None and name == actor.encode():
+            if mine is None and name == wanted:
                 mine = bytes(view[offset : offset + head_len])
             offset += head_len
     except struct.error:
