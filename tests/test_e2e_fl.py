@@ -7,11 +7,13 @@ One stack is shared by the module; the digits data is pushed once to each node w
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import io
 import json
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,17 @@ async def wait_job(bus: Bus, job: str, timeout: float = 150.0) -> dict[str, Any]
     return summary
 
 
+async def ember_cli(stack: Stack, *args: str) -> Any:
+    """Run the `ember` command against the stack; its JSON (with --json) or its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBER_")} | {"EMBER_HOME": str(stack.home)}
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "ember"), *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, errors = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, (args, errors.decode()[-2000:])
+    return json.loads(out) if "--json" in args else out.decode()
+
+
 def tracking_uri(stack: Stack) -> str:
     return Settings.from_env({"EMBER_HOME": str(stack.home)}).resolved_mlflow_uri()
 
@@ -106,6 +119,11 @@ async def test_digits_succeeds_and_is_tracked_in_mlflow(stack: Stack, digits: Pa
     run_id, version = find_mlflow_run(uri, spec["tracking"]["experiment"], job["job"])
     assert run_id and version, "no MLflow run / registered model version for the job"
     assert (result["mlflow_run_id"], result["model_version"]) == (run_id, version)
+    report = await ember_cli(stack, "job", "report", job["job"], "--out", str(stack.home / "report.png"), "--json")
+    assert report["rounds"] == rounds and (report["mlflow_run_id"], report["model_version"]) == (run_id, version), report
+    assert Path(report["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = await ember_cli(stack, "job", "report", job["job"], "--out", str(stack.home / "report2.png"))
+    assert f"MLflow run: {run_id}" in printed and f"model version: {version}" in printed, printed
     history = client.get_metric_history(run_id, "eval_accuracy")
     assert sorted(m.step for m in history) == list(range(1, rounds + 1))  # one point per round
     assert client.get_run(run_id).info.status == "FINISHED"

@@ -1,4 +1,4 @@
-"""`ember job ...`: submit, list, show, cancel, logs and watch jobs (requests to the manager over MQTT)."""
+"""`ember job ...`: submit, list, show, cancel, logs, watch and report jobs (requests to the manager over MQTT)."""
 
 from __future__ import annotations
 
@@ -112,6 +112,38 @@ def show(job: str = JOB_ARG, as_json: bool = JSON_OPTION, timeout: float = TIMEO
         print_json(summary)
     else:
         console.print(detail(summary))
+
+
+@app.command()
+def report(
+    job: str = JOB_ARG,
+    out: Path | None = typer.Option(None, "--out", "-o", help="PNG to write (default: JOB-report.png in the current folder)."),
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking URI, read when the job lists no rounds (default: EMBER_MLFLOW_TRACKING_URI, else the store under EMBER_HOME)."
+    ),
+    as_json: bool = JSON_OPTION,
+    timeout: float = TIMEOUT_OPTION,
+) -> None:
+    """Write a PNG of job JOB's per-round metrics; print its final metrics, MLflow run id and model version."""
+    from ember.fl.report import write_report
+
+    summary = request("jobs.get", {"job": job}, timeout=timeout)
+    uri = tracking_uri or settings().resolved_mlflow_uri()
+    try:
+        written = write_report(summary, out or Path(f"{job}-report.png"), tracking_uri=uri)
+    except Exception as exc:  # an unwritable path, an unreachable MLflow store: say which, no traceback
+        fail(f"cannot write the report: {type(exc).__name__}: {exc}")
+    if as_json:
+        print_json(written)
+        return
+    console.print(f"wrote [bold]{escape(written['png'])}[/]: {written['rounds']} rounds of job {job} ({styled(summary['state'])})")
+    metrics = written.get("metrics") or {}
+    if metrics:
+        t = table("METRIC", "FINAL")
+        for key, value in sorted(metrics.items()):
+            t.add_row(key, f"{value:.4g}" if isinstance(value, (int, float)) else str(value))
+        console.print(t)
+    console.print(f"MLflow run: {written['mlflow_run_id'] or '-'}   model version: {written['model_version'] or '-'}")
 
 
 @app.command()
