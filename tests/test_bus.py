@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 
 import pytest
 
@@ -128,3 +129,31 @@ async def test_packets_are_written_at_once_and_large_ones_still_arrive_whole(mqt
         await asyncio.gather(*(pub.publish(topic, payload) for payload in burst))
         await assert_eventually(lambda: len(got) == 302, timeout=20)
         assert got[2:] == burst
+
+
+async def test_a_connection_that_breaks_under_a_write_reconnects_and_delivers(mqtt_broker, caplog):
+    """A packet written at once into a connection that just broke: the bus reconnects (no error
+    left in the event loop's callbacks) and the next publish is delivered."""
+    import logging
+    import socket as socketlib
+
+    got: list[bytes] = []
+
+    async def on_data(message: Message) -> None:
+        got.append(message.payload)
+
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    sub = Bus(mqtt_broker.url)
+    sub.subscribe(topics.DATA, on_data, raw=True, tag="t")
+    async with sub, Bus(mqtt_broker.url) as pub:
+        topic = topics.DATA.format("ember/v1", tag="t")
+        await pub.publish(topic, b"before")
+        await assert_eventually(lambda: got == [b"before"])
+        first = pub._client
+        first._client.socket().shutdown(socketlib.SHUT_RDWR)  # the connection breaks under the next write
+        with contextlib.suppress(Exception):
+            first._client.publish(topic, b"lost", qos=1)
+        await assert_eventually(lambda: pub.connected and pub._client is not first, timeout=10, message="the bus never reconnected")
+        await pub.publish(topic, b"after")
+        await assert_eventually(lambda: got[-1:] == [b"after"], timeout=10)
+    assert not [r for r in caplog.records if r.name == "asyncio"], [r.getMessage() for r in caplog.records]

@@ -66,6 +66,8 @@ def write_eagerly(client: aiomqtt.Client) -> None:
             else:
                 if not mqttc.want_write():
                     return
+            if mqttc.socket() is None:
+                return  # the write found the connection broken: paho closed it and reported it
         fallback(mqttc, userdata, sock)
 
     paho.on_socket_register_write = register_write
