@@ -149,12 +149,18 @@ class RoundCompleted(Event):
     failed: list[str] = Field(default_factory=list)
 
 
-class ResultReported(Event):
-    """The aggregator's result of a finished training (its `JobResult` on `jobs/{job}/progress`)."""
+class JobResult(_Model):
+    """What the aggregator publishes on `jobs/{job}/progress` once training succeeded: the final
+    metrics, the MLflow run and the registered model version (empty when not tracked). A topic
+    payload, not an event: it stands here as the fields of `ResultReported`."""
 
     metrics: dict[str, float] = Field(default_factory=dict)
     mlflow_run_id: str = ""
     model_version: str = ""
+
+
+class ResultReported(JobResult, Event):
+    """The aggregator's result of a finished training (its `JobResult` on `jobs/{job}/progress`)."""
 
 
 class JobSucceeded(Event):
@@ -209,16 +215,7 @@ def event_streams(*, aggregate: str | None = None, without: Collection[str] = ()
     ]
 
 
-# --- job, node and actor topic payloads (the `data` of their envelopes) -----------------------
-
-
-class JobResult(_Model):
-    """What the aggregator publishes on `jobs/{job}/progress` once training succeeded: the final
-    metrics, the MLflow run and the registered model version (empty when not tracked)."""
-
-    metrics: dict[str, float] = Field(default_factory=dict)
-    mlflow_run_id: str = ""
-    model_version: str = ""
+# --- node and actor topic payloads (the `data` of their envelopes) ----------------------------
 
 
 class NodeInfo(_Model):

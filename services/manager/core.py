@@ -95,11 +95,10 @@ class Manager:
 
     async def record_progress(self, job_id: str, report: RoundCompleted | JobResult) -> None:
         """A round the aggregator finished (`{job}:round:{n}`), or its final result (`{job}:result`)."""
-        decide_event = reports.round_event if isinstance(report, RoundCompleted) else reports.result_event
-        decision = decide_event(report, self.projection.jobs.get(job_id), job_id)  # type: ignore[arg-type]
+        decision = reports.progress_event(report, self.projection.jobs.get(job_id), job_id)
         if isinstance(decision, reports.Skip):
             await self.catch_up()
-            decision = decide_event(report, self.projection.jobs.get(job_id), job_id)  # type: ignore[arg-type]
+            decision = reports.progress_event(report, self.projection.jobs.get(job_id), job_id)
         if isinstance(decision, reports.Skip):
             log.info("progress.dropped", job=job_id, round=getattr(report, "round", None), reason=decision.reason)
             return

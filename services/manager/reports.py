@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ember.envelope import Envelope
-from ember.events import ActorReport, ActorState, ActorStateChanged, JobResult, ResultReported, RoundCompleted, fact_id
+from ember.events import ActorReport, ActorState, ActorStateChanged, Event, JobResult, ResultReported, RoundCompleted, fact_id
 from ember.projection import JobView
 
 ORDER = {
@@ -74,17 +74,13 @@ def parse_progress(envelope: Envelope) -> RoundCompleted | JobResult:
     raise ValueError(f"expected a RoundCompleted or JobResult envelope on a progress topic, got {envelope.type!r}")
 
 
-def result_event(result: JobResult, job: JobView | None, job_id: str) -> tuple[str, ResultReported] | Skip:
-    """`{job}:result` for a known job: its final metrics, MLflow run and model version."""
+def progress_event(report: RoundCompleted | JobResult, job: JobView | None, job_id: str) -> tuple[str, Event] | Skip:
+    """For a known job: a round as `{job}:round:{n}`, the final result as `{job}:result` (its
+    metrics, MLflow run and model version)."""
     if job is None:
         return Skip(f"unknown job {job_id}")
-    return fact_id(job_id, "result"), ResultReported(**result.model_dump())
-
-
-def round_event(event: RoundCompleted, job: JobView | None, job_id: str) -> tuple[str, RoundCompleted] | Skip:
-    """`{job}:round:{n}` for a known job."""
-    if job is None:
-        return Skip(f"unknown job {job_id}")
-    if event.round < 1:
-        return Skip(f"round {event.round} is not a round number")
-    return fact_id(job_id, "round", event.round), event
+    if not isinstance(report, RoundCompleted):
+        return fact_id(job_id, "result"), ResultReported(**report.model_dump())
+    if report.round < 1:
+        return Skip(f"round {report.round} is not a round number")
+    return fact_id(job_id, "round", report.round), report

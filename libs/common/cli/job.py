@@ -141,7 +141,7 @@ def report(
     if metrics:
         t = table("METRIC", "FINAL")
         for key, value in sorted(metrics.items()):
-            t.add_row(key, f"{value:.4g}" if isinstance(value, (int, float)) else str(value))
+            t.add_row(key, f"{value:.4g}")
         console.print(t)
     console.print(f"MLflow run: {written['mlflow_run_id'] or '-'}   model version: {written['model_version'] or '-'}")
 

@@ -3,8 +3,9 @@
 Flower's strategies and a user's `ServerApp` call the grid synchronously; Ember's bus is
 asyncio. So the strategy runs in a worker thread (`asyncio.to_thread`) and every blocking
 grid method hands a coroutine to the bus's event loop (`run_coroutine_threadsafe`); only
-`get_node_ids` reads the membership where it is called. All grid state lives on the loop. Messages are serialised in the worker thread (a content shared by
-several, once); small replies are decoded on the loop as they arrive, large ones in the thread.
+`get_node_ids` reads the membership where it is called. All grid state lives on the loop.
+Messages are serialised in the worker thread (a content shared by several, once); small replies
+are decoded on the loop as they arrive, large ones in the thread.
 
 - Each learner actor id maps to a stable int node id (`node_id_for`).
 - `push_messages` sends each message on `jobs/{job}/fl/{actor}/down` (frames: `ember.fl.serde`);
@@ -80,11 +81,11 @@ _Outgoing = tuple[str, str, Message, int]
 
 @dataclass
 class _Publish:
-    """The frames of one message to one learner (`actor`), or of a cast to `actors` (`actor` None)."""
+    """The frames of one message to its learner, or (`cast`) of one content to several."""
 
-    actor: str | None
     actors: list[str]
     frames: list[bytes]
+    cast: bool = False
 
 
 @dataclass
@@ -231,12 +232,11 @@ class MqttGrid(Grid):
             if len(indices) >= 2 and len(actors) == len(indices) and live <= actors:
                 heads = {batch.messages[i][1]: parts[i][0] for i in indices}
                 body = parts[indices[0]][1]
-                batch.publishes.append(_Publish(None, list(heads), list(chunk_message(pack_cast(heads, body)))))
+                batch.publishes.append(_Publish(list(heads), list(chunk_message(pack_cast(heads, body))), cast=True))
                 cast.update(indices)
         for index, (head, body) in enumerate(parts):
             if index not in cast:
-                actor = batch.messages[index][1]
-                batch.publishes.append(_Publish(actor, [actor], list(chunk_message(head + body))))
+                batch.publishes.append(_Publish([batch.messages[index][1]], list(chunk_message(head + body))))
         return batch
 
     def _rounds_started(self, batch: _Batch) -> None:
@@ -347,11 +347,11 @@ class MqttGrid(Grid):
         return await self._take(ids, drop_missing=True)
 
     async def _send(self, publish: _Publish) -> None:
-        if publish.actor is None:
+        if publish.cast:
             topic = topics.FL_CAST.format(self.bus.root, job=self.job)
             self.stats["casts"] += 1
         else:
-            topic = self._down(publish.actor)
+            topic = self._down(publish.actors[0])
         for frame in publish.frames:
             await self.bus.publish(topic, frame)
         self.stats["frames_sent"] += len(publish.frames)

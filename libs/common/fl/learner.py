@@ -3,8 +3,9 @@
 `LearnerEndpoint` subscribes (raw) to its `down` topic and to the job's `cast` topic (one
 content for several learners: it takes its own message out of a cast that names it and ignores
 the others), joins chunked messages, hands each message to a Flower `ClientApp` (one at a time,
-in arrival order) and publishes the reply on its `up` topic. It announces `ready` when told the app is prepared (and again on every `ping`
-and reconnect), and finishes when the aggregator sends `done`.
+in arrival order) and publishes the reply on its `up` topic. It announces `ready` when told the
+app is prepared (and again on every `ping` and reconnect), and finishes when the aggregator
+sends `done`.
 
 A message type whose last handling took at most `INLINE_MAX_S` is handled on the event loop
 itself; any other (the first of each type, which usually loads data, and every slow one) in a
