@@ -6,14 +6,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean mosquitto
+.PHONY: install test check demo bench clean mosquitto
 
 install: $(STAMP) mosquitto
 
-$(STAMP): pyproject.toml
+MEMBERS := libs/common services/manager services/builder services/notifier services/flamelet services/mldata
+PYPROJECTS := pyproject.toml $(addsuffix /pyproject.toml,$(MEMBERS))
+
+# Every member in editable "compat" mode: each folder is a plain sys.path entry, so `ember` is an
+# ordinary PEP 420 namespace package that editors and type checkers follow with no import hook.
+$(STAMP): $(PYPROJECTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --config-settings editable_mode=compat \
+	  -e 'libs/common[actor,devices,cli,mongo]' $(addprefix -e ,$(wordlist 2,99,$(MEMBERS))) --group dev
 	@touch $(STAMP)
 
 mosquitto:
@@ -25,8 +31,13 @@ mosquitto:
 	    echo "Ember needs the Mosquitto broker: run 'sudo apt-get install mosquitto' (Debian/Ubuntu) and retry." >&2; exit 1; \
 	  fi; }
 
-test: install
+test: install check
 	$(PY) -m pytest -q
+
+# Static checks: ruff (pyflakes and import rules) over everything, mypy over the whole namespace.
+check: install
+	$(PY) -m ruff check libs services tests bench examples
+	$(PY) -m mypy
 
 demo: install
 	$(PY) -m ember.demo

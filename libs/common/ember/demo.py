@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 MARKER = ".ember-demo-home"
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sensor-anomaly"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "sensor-anomaly"
 TAG = "sensors"
 DEVICES = 4
 SECONDS = 1800
