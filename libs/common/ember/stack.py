@@ -11,32 +11,31 @@ Process names: `mosquitto`, `manager`, `builder`, `notifier`, `node-1..N` (flame
 `node-i`) and `mldata-1..N` (the node's mldata). Every line a process prints goes to
 `$EMBER_HOME/logs/<name>.log` and, when `echo` is set, to `echo` prefixed by the name.
 
-Process handling itself (spawn, output, signals, groups) is `ember.supervisor`: blocking work,
-so this class is synchronous; `async with` runs start/stop in a worker thread.
+Process handling itself (spawn, output, signals, groups) is `ember.processes.ProcessGroup`:
+blocking work, so this class is synchronous; `async with` runs start/stop in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
 import os
 import secrets
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ember import topics
 from ember.bus import Bus, Message
 from ember.errors import EmberError, RequestTimeout, Unavailable
 from ember.settings import Settings
-from ember.supervisor import Proc, Supervisor, in_thread
-from ember.testing import free_port, mosquitto_binary, wait_for_port
+from ember.broker import mosquitto_binary, mosquitto_config
+from ember.processes import Proc, ProcessGroup, free_port, wait_for_port
 
 SERVICES = ("manager", "builder", "notifier")
 
@@ -74,7 +73,7 @@ class Stack:
         self._owns_state = False
         if self.color is None:
             self.color = bool(self.echo is not None and hasattr(self.echo, "isatty") and self.echo.isatty())
-        self.sup = Supervisor(self.home / "logs", cwd=self.home, echo=self.echo, color=self.color, grace=self.grace)
+        self.sup = ProcessGroup(self.home / "logs", cwd=self.home, echo=self.echo, color=self.color, grace=self.grace)
 
     @property
     def procs(self) -> dict[str, Proc]:
@@ -148,7 +147,7 @@ class Stack:
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         """Until the manager answers `nodes.list` with every flamelet online (or a process dies)."""
-        in_thread(lambda: self._await_ready(timeout))
+        _run_in_thread(lambda: self._await_ready(timeout))
         self.sup.say("stack", f"ready: broker {self.url}, {self.flamelets} flamelet(s), home {self.home}")
 
     def pid(self, name: str) -> int | None:
@@ -244,7 +243,7 @@ class Stack:
         (broker_dir / "data").mkdir(parents=True, exist_ok=True)
         self._broker_port = self.mqtt_port or free_port()
         conf = broker_dir / "mosquitto.conf"
-        conf.write_text(broker_config(self._broker_port, broker_dir / "data"))
+        conf.write_text(mosquitto_config(self._broker_port, broker_dir / "data"))
         try:
             binary = mosquitto_binary()
         except RuntimeError as exc:  # not installed: say what to install
@@ -296,22 +295,20 @@ class Stack:
                     await asyncio.wait_for(wake.wait(), 0.5)
 
 
-def broker_config(port: int, data_dir: Path) -> str:
-    """The stack's Mosquitto config: loopback listener, TCP_NODELAY, persistence, QoS 1 queues."""
-    return "\n".join(
-        [
-            f"user {getpass.getuser()}",  # as root, Mosquitto would drop to `mosquitto` and lose the data dir
-            f"listener {port} 127.0.0.1",
-            "allow_anonymous true",
-            "set_tcp_nodelay true",
-            "persistence true",
-            f"persistence_location {data_dir}/",
-            "autosave_interval 10",
-            "max_queued_messages 100000",
-            "max_inflight_messages 100",
-            "log_dest stdout",
-            "log_type error",
-            "log_type warning",
-            "",
-        ]
-    )
+def _run_in_thread(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run the coroutine `factory()` on a fresh event loop in a daemon thread (callers may run
+    inside a loop already); Ctrl-C interrupts the wait, not the process's exit."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = asyncio.run(factory())
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="stack-ready", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
