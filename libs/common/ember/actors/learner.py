@@ -31,7 +31,7 @@ def _loader(settings: object, tags: list[str]) -> object:
     from ember.data.client import load_table
 
     assert isinstance(settings, ActorSettings)
-    return load_table(tags, url=settings.mldata_url or None, token=settings.mldata_token or None, node=settings.node_id or None)
+    return load_table(tags, settings=settings)
 
 
 async def run(settings: object) -> int:

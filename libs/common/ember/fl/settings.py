@@ -16,16 +16,16 @@ from pathlib import Path
 
 from ember.fl.tracking import DISABLED
 from ember.jobspec import JobSpec, validate_spec
-from ember.settings import Settings
+from ember.data.settings import DataSettings
 
 
-class ActorSettings(Settings):
+class ActorSettings(DataSettings):
+    """An actor's settings; a learner reaches its node's mldata through the `DataSettings` half."""
+
     job_id: str = ""
     actor_id: str = ""
     job_spec: str = ""
     learners: str = ""
-    mldata_url: str = ""
-    mldata_token: str = ""
     code_dir: str = ""
     job_spec_dir: str = ""
 
