@@ -41,7 +41,7 @@ def wait_for_port(host: str, port: int, *, timeout: float = 10.0, process: subpr
 
 @dataclass
 class Proc:
-    """One supervised process: how to start it, and the running instance."""
+    """One process of a group: how to start it, and the running instance."""
 
     name: str
     argv: list[str]
@@ -89,7 +89,7 @@ class ProcessGroup:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+            start_new_session=True,  # Ctrl-C reaches this process only; it stops children in order
         )
         color = _COLORS[list(self.procs).index(proc.name) % len(_COLORS)]
         proc.pump = threading.Thread(target=self._pump, args=(proc, proc.popen, color), name=f"pump:{proc.name}", daemon=True)

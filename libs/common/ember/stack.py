@@ -47,7 +47,7 @@ class StackError(EmberError):
 
 @dataclass
 class Stack:
-    """Supervises the local stack in `home`; see the module doc."""
+    """Runs the local stack in `home`; see the module doc."""
 
     home: Path
     flamelets: int = 3
@@ -73,12 +73,12 @@ class Stack:
         self._owns_state = False
         if self.color is None:
             self.color = bool(self.echo is not None and hasattr(self.echo, "isatty") and self.echo.isatty())
-        self.sup = ProcessGroup(self.home / "logs", cwd=self.home, echo=self.echo, color=self.color, grace=self.grace)
+        self.group = ProcessGroup(self.home / "logs", cwd=self.home, echo=self.echo, color=self.color, grace=self.grace)
 
     @property
     def procs(self) -> dict[str, Proc]:
         """Every process by name (`mosquitto`, `manager`, ..., `node-1`, `mldata-1`)."""
-        return self.sup.procs
+        return self.group.procs
 
     # --- public API ------------------------------------------------------------------------
     @property
@@ -123,10 +123,10 @@ class Stack:
         self._owns_state = True
         env = self._service_env()
         for name in self.services:
-            self.sup.add(name, [sys.executable, "-m", f"ember.{name}"], env, group=1)
+            self.group.add(name, [sys.executable, "-m", f"ember.{name}"], env, group=1)
         mldata = {node: self._add_mldata(i, node, env) for i, node in enumerate(self.nodes, 1)} if self.mldata else {}
         for name in [*self.services, *(f"mldata-{i}" for i in range(1, len(mldata) + 1))]:
-            self.sup.spawn(self.procs[name])
+            self.group.spawn(self.procs[name])
         for node, (port, _) in mldata.items():
             self._wait_listening(f"mldata-{node.split('-')[1]}", port)
         for i, node in enumerate(self.nodes, 1):
@@ -138,7 +138,7 @@ class Stack:
                     EMBER_MLDATA_TOKEN=token,
                     EMBER_MLDATA_DATA_DIR=str(self.node_data_dir(node)),
                 )
-            self.sup.spawn(self.sup.add(f"node-{i}", [sys.executable, "-m", "ember.flamelet", "--node", node], fenv, group=3))
+            self.group.spawn(self.group.add(f"node-{i}", [sys.executable, "-m", "ember.flamelet", "--node", node], fenv, group=3))
         self.wait_ready(ready_timeout)
         return self
 
@@ -148,34 +148,34 @@ class Stack:
     def wait_ready(self, timeout: float = 90.0) -> None:
         """Until the manager answers `nodes.list` with every flamelet online (or a process dies)."""
         _run_in_thread(lambda: self._await_ready(timeout))
-        self.sup.say("stack", f"ready: broker {self.url}, {self.flamelets} flamelet(s), home {self.home}")
+        self.group.say("stack", f"ready: broker {self.url}, {self.flamelets} flamelet(s), home {self.home}")
 
     def pid(self, name: str) -> int | None:
         return self.procs[name].pid if self.procs[name].alive() else None
 
     def kill(self, name: str, sig: int = signal.SIGKILL, *, timeout: float = 30.0) -> int:
         """Send `sig` (default SIGKILL) to one process and wait for it to exit; returns its status."""
-        return self.sup.kill(name, sig, timeout=timeout)
+        return self.group.kill(name, sig, timeout=timeout)
 
     def restart(self, name: str) -> None:
         """Stop one process (if alive, SIGTERM then SIGKILL after the grace) and start it again."""
         proc = self.procs[name]
         if proc.alive():
-            self.sup.stop_group([proc])
-        self.sup.spawn(proc)
+            self.group.stop_group([proc])
+        self.group.spawn(proc)
         if name == "mosquitto":
             self._wait_listening(name, self._broker_port)
 
     def exited(self) -> dict[str, int]:
         """Processes that exited without being asked to: name -> exit status."""
-        return self.sup.exited()
+        return self.group.exited()
 
     def log_path(self, name: str) -> Path:
-        return self.sup.log_path(name)
+        return self.group.log_path(name)
 
     def tail(self, name: str, lines: int = 20) -> str:
         """The last lines a process printed (from its log file)."""
-        return self.sup.tail(name, lines)
+        return self.group.tail(name, lines)
 
     def stop(self) -> None:
         """Ordered, idempotent shutdown: flamelets (their actors stop), mldata, services, broker."""
@@ -183,7 +183,7 @@ class Stack:
             if self._stopped:
                 return
             self._stopped = True
-        self.sup.stop_all()
+        self.group.stop_all()
         if not self._owns_state:  # e.g. refused because another stack runs here: leave its files
             return
         with contextlib.suppress(FileNotFoundError):
@@ -202,9 +202,9 @@ class Stack:
                 for name, code in self.exited().items():
                     if name not in reported:
                         reported.add(name)
-                        self.sup.say("stack", f"{name} exited with status {code} (restart it with `ember up` again)")
+                        self.group.say("stack", f"{name} exited with status {code} (restart it with `ember up` again)")
         finally:
-            self.sup.say("stack", "shutting down")
+            self.group.say("stack", "shutting down")
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -248,7 +248,7 @@ class Stack:
             binary = mosquitto_binary()
         except RuntimeError as exc:  # not installed: say what to install
             raise StackError(str(exc)) from None
-        self.sup.spawn(self.sup.add("mosquitto", [binary, "-c", str(conf)], dict(self._base_env), group=0))
+        self.group.spawn(self.group.add("mosquitto", [binary, "-c", str(conf)], dict(self._base_env), group=0))
         self._wait_listening("mosquitto", self._broker_port, 30)
         self.url = f"mqtt://127.0.0.1:{self._broker_port}"
 
@@ -262,7 +262,7 @@ class Stack:
             json.dump({"node": node, "url": f"grpc://127.0.0.1:{port}", "token": token, "data_dir": str(data_dir)}, fh)
         argv = [sys.executable, "-m", "ember.mldata", "--port", str(port), "--data-dir", str(data_dir), "--node", node]
         # the token travels in the environment: not visible in `ps`, and never parsed as an option
-        self.sup.add(f"mldata-{index}", argv, dict(env, EMBER_NODE_ID=node, EMBER_MLDATA_TOKEN=token), group=2)
+        self.group.add(f"mldata-{index}", argv, dict(env, EMBER_NODE_ID=node, EMBER_MLDATA_TOKEN=token), group=2)
         return port, token
 
     async def _await_ready(self, timeout: float) -> None:
