@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Self
 from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
@@ -39,7 +40,6 @@ class Settings(BaseSettings):
     log_format: str = "auto"
     """`json`, `console` or `auto` (console on a TTY, JSON lines otherwise)."""
     log_level: str = "info"
-    request_timeout: float = 10.0
     keepalive: int = 5
     """MQTT keepalive in seconds; a dead flamelet is seen offline within 1.5x this."""
 
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         return Path(value).expanduser() if isinstance(value, str) else value
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Self:
         env = dict(os.environ if env is None else env)
         values = {
             key[len("EMBER_") :].lower(): value

@@ -55,7 +55,7 @@ def targets(node: str | None, token: str | None, *, one: bool) -> dict[str, tupl
 
 
 def _client(url: str, token: str):
-    from ember.mldata.client import MldataClient  # pyarrow.flight is imported only when needed
+    from ember.data.client import MldataClient  # pyarrow.flight is imported only when needed
 
     return MldataClient(url, token, timeout=30)
 

@@ -2,7 +2,8 @@
 
 `seq` comes from a counter document (`$inc`); a unique index on the event id makes appends
 idempotent. Two concurrent writers can commit seq N+1 before N; readers that follow the log
-tolerate that by re-reading from their checkpoint (projections ignore seqs they have applied).
+tolerate that by reading again after the last seq they applied (projections ignore seqs they
+have applied).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ class MongoEventLog(EventLog):
         db = self._client.get_default_database(default=database)
         self._events = db["events"]
         self._counters = db["counters"]
-        self._checkpoints = db["checkpoints"]
         self._ready = False
 
     async def _setup(self) -> None:
@@ -77,13 +77,6 @@ class MongoEventLog(EventLog):
         await self._setup()
         doc = await self._events.find_one({}, sort=[("seq", -1)])
         return doc["seq"] if doc else 0
-
-    async def get_checkpoint(self, consumer: str) -> int:
-        doc = await self._checkpoints.find_one({"_id": consumer})
-        return doc["seq"] if doc else 0
-
-    async def set_checkpoint(self, consumer: str, seq: int) -> None:
-        await self._checkpoints.update_one({"_id": consumer}, {"$max": {"seq": seq}}, upsert=True)
 
     async def close(self) -> None:
         await self._client.close()

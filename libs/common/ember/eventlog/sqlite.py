@@ -22,7 +22,6 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_subject ON events(subject, seq);
-CREATE TABLE IF NOT EXISTS checkpoints (consumer TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
 
 
@@ -30,10 +29,9 @@ def _use_wal(db: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_MS / 1000) ->
     """Put the database in WAL mode (a property of the file: once set, it stays).
 
     Switching needs the file to itself, and SQLite answers "database is locked" at once, without
-    waiting out the busy timeout, while another connection has it open: services that start
-    together on a new file (manager, builder, notifier) collided here (measured: 1 start in 4
-    with 4 openers). So read the mode first (no lock needed) and retry the switch until the
-    timeout."""
+    waiting out the busy timeout, while another connection has it open, as when the services
+    that start together (manager, builder, notifier) open a new file. So read the mode first (no
+    lock needed) and retry the switch until the timeout."""
     deadline = time.monotonic() + timeout
     delay = 0.005
     while db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
@@ -62,8 +60,8 @@ class SqliteEventLog(EventLog):
 
     async def _run_short(self, fn, *args):
         """A short write (an append): on the caller's thread when the database is free at once,
-        which saves a thread hop and the event loop's wake-up (a socket write, ~0.1 ms here, as
-        much as the append itself); in a worker thread, waiting up to `busy_timeout`, when
+        which saves a thread hop and the event loop's wake-up (a socket write, which costs about
+        as much as the append itself); in a worker thread, waiting up to `busy_timeout`, when
         another connection holds the write lock (or another call holds this connection)."""
         if self._lock.acquire(blocking=False):
             try:
@@ -120,22 +118,6 @@ class SqliteEventLog(EventLog):
 
     async def last_seq(self) -> int:
         return await self._run(lambda: self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
-
-    async def get_checkpoint(self, consumer: str) -> int:
-        def fetch():
-            row = self._db.execute("SELECT seq FROM checkpoints WHERE consumer = ?", (consumer,)).fetchone()
-            return row[0] if row else 0
-
-        return await self._run(fetch)
-
-    async def set_checkpoint(self, consumer: str, seq: int) -> None:
-        await self._run(
-            lambda: self._db.execute(
-                "INSERT INTO checkpoints (consumer, seq) VALUES (?, ?) "
-                "ON CONFLICT(consumer) DO UPDATE SET seq = MAX(seq, excluded.seq)",
-                (consumer, seq),
-            )
-        )
 
     async def close(self) -> None:
         await self._run(self._db.close)

@@ -20,8 +20,8 @@ are decoded on the loop as they arrive, large ones in the thread.
   as soon as fewer than `minimum` learners are live: the job stops instead of hanging.
 - `get_node_ids` never shrinks between two pushes: a learner that goes is dropped from it at
   the next push (its messages meanwhile get the error reply). Flower's strategies count the
-  nodes, then wait until at least that many are connected (`sample_nodes`); a learner lost
-  between the two calls made that wait endless.
+  nodes, then wait until at least that many are connected (`sample_nodes`), so the two calls
+  must agree: a count that shrank in between would leave that wait without an end.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ QUICK_EXCHANGE_S = 0.5
 """After 4 exchanges at most this long (train and evaluate of 2 rounds), `on_round_start` runs
 once the next exchange's replies are in rather than as soon as its messages are out: what it
 starts (a `RoundCompleted` that wakes the manager and every watcher) then runs while the
-learners are idle instead of competing with them for the CPU (measured here, 3 learners on 2
-cores: 1.4 ms less per-round overhead), and is late by about one such exchange."""
+learners are idle instead of competing with them for the CPU, which shortens fast rounds
+(docs/benchmarks.md, "Figures behind the code"), and is late by about one such exchange."""
 
 
 class TooFewLearners(EmberError):

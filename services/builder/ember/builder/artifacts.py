@@ -9,10 +9,11 @@ The venv is made from the builder's own interpreter with `--without-pip`; a `.pt
 importable without reinstalling, while anything installed into the venv shadows them. Job
 requirements are installed by `<venv python> -m pip install` (the parent's pip, running in the
 venv): a requirement the parent already satisfies is reported "already satisfied" and not
-installed again, and when the parent satisfies all of them pip is not run at all (measured here:
-an empty or already-satisfied build takes ~0.13 s, one small wheel ~1.3 s, `numpy, flwr` through
-pip's resolver 2.0 s; `--target`/`--prefix` installs would reinstall what the parent has). Everything is built in a staging folder and renamed atomically, so a crash
-never leaves a half-built artifact that looks ready. Synchronous: the builder runs it in a thread.
+installed again, and when the parent satisfies all of them pip is not run at all, since starting
+pip's resolver costs more than the rest of a build (docs/benchmarks.md, "Figures behind the
+code"); `--target`/`--prefix` installs would reinstall what the parent has. Everything is built
+in a staging folder and renamed atomically, so a crash never leaves a half-built artifact that
+looks ready. Synchronous: the builder runs it in a thread.
 """
 
 from __future__ import annotations

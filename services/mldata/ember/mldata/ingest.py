@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from ember.envelope import DecodeError, decode
 from ember.log import get_logger
-from ember.mldata.errors import InvalidTag
+from ember.data.errors import InvalidTag
 from ember.mldata.names import check_tag
 from ember.mldata.store import PartitionStore, PutResult
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ember.errors import EmberError, InvalidRequest
 from ember.log import get_logger
-from ember.mldata.auth import BearerTokenMiddlewareFactory
+from ember.data.auth import BearerTokenMiddlewareFactory
 from ember.mldata.names import check_tag
 from ember.mldata.store import Partition, PartitionStore
 
