@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
@@ -95,7 +95,7 @@ async def call(bus: Bus, action: str, data: dict[str, Any] | None = None, *, tim
         ) from None
 
 
-def run(main: Callable[[], Awaitable[T]]) -> T:
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a command's coroutine; EmberErrors exit with their code, Ctrl-C with 130."""
     try:
         return asyncio.run(main())

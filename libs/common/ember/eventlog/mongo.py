@@ -42,6 +42,8 @@ class MongoEventLog(EventLog):
         counter = await self._counters.find_one_and_update(
             {"_id": "events"}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
         )
+        if counter is None:
+            raise RuntimeError("MongoDB returned no events counter after an upsert")
         doc = {
             "seq": counter["seq"],
             "id": envelope.id,
@@ -55,7 +57,10 @@ class MongoEventLog(EventLog):
         except DuplicateKeyError:
             # Same id raced in from another writer: the seq we took stays a hole, readers skip it.
             await self._events.insert_one({"seq": counter["seq"], "id": f"hole:{counter['seq']}", "aggregate": "hole", "subject": "", "type": "hole", "body": ""})
-            return self._stored(await self._events.find_one({"id": envelope.id}), duplicate=True)
+            raced = await self._events.find_one({"id": envelope.id})
+            if raced is None:
+                raise RuntimeError(f"event {envelope.id} was a duplicate key but cannot be read back") from None
+            return self._stored(raced, duplicate=True)
         return self._stored(doc)
 
     async def read(self, after: int = 0, *, limit: int | None = None, subject: str | None = None) -> list[StoredEvent]:

@@ -87,7 +87,7 @@ class SqliteEventLog(EventLog):
             "INSERT OR IGNORE INTO events (id, aggregate, subject, type, body) VALUES (?, ?, ?, ?, ?)",
             (envelope.id, aggregate, envelope.subject, envelope.type, body),
         )
-        if cur.rowcount == 1:
+        if cur.rowcount == 1 and cur.lastrowid is not None:
             return StoredEvent(cur.lastrowid, aggregate, envelope)
         row = self._db.execute("SELECT seq, aggregate, body FROM events WHERE id = ?", (envelope.id,)).fetchone()
         return StoredEvent(row[0], row[1], Envelope.model_validate_json(row[2]), duplicate=True)
@@ -96,7 +96,7 @@ class SqliteEventLog(EventLog):
         return await self._run_short(self._append, envelope, self.aggregate_for(envelope, aggregate))
 
     def _read(self, after: int, limit: int | None, subject: str | None) -> list[StoredEvent]:
-        sql, args = "SELECT seq, aggregate, body FROM events WHERE seq > ?", [after]
+        sql, args = "SELECT seq, aggregate, body FROM events WHERE seq > ?", list[int | str]([after])
         if subject is not None:
             sql += " AND subject = ?"
             args.append(subject)

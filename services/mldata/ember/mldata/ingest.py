@@ -113,12 +113,14 @@ class Ingestor:
             check_tag(tag)
             envelope = decode(payload)
         except (DecodeError, InvalidTag) as exc:
-            return self._malformed_message(tag, str(exc))
+            self._malformed_message(tag, str(exc))
+            return None
         readings = envelope.data.get("readings")
         if type(readings) is dict:
             readings = [readings]
         if type(readings) is not list or not readings:
-            return self._malformed_message(tag, "data.readings is not a non-empty list of readings")
+            self._malformed_message(tag, "data.readings is not a non-empty list of readings")
+            return None
         buffer = self._buffers.get(tag)
         if buffer is None:
             buffer = self._buffers[tag] = []
