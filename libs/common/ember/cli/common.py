@@ -9,6 +9,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
@@ -66,7 +67,7 @@ def fail(exc: EmberError | str, code: int | None = None) -> NoReturn:
 
 
 @asynccontextmanager
-async def connect(s: Settings | None = None, *, connect_timeout: float = 3.0):
+async def connect(s: Settings | None = None, *, connect_timeout: float = 3.0) -> AsyncIterator[Bus]:
     """A connected Bus to the broker `ember up` recorded (or `EMBER_MQTT_URL`)."""
     s = s or settings()
     url = s.resolved_mqtt_url()

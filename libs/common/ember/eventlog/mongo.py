@@ -8,6 +8,8 @@ have applied).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
@@ -17,7 +19,7 @@ from ember.eventlog.base import EventLog, StoredEvent
 
 class MongoEventLog(EventLog):
     def __init__(self, url: str, database: str = "ember") -> None:
-        self._client: AsyncMongoClient = AsyncMongoClient(url, tz_aware=True)
+        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
         db = self._client.get_default_database(default=database)
         self._events = db["events"]
         self._counters = db["counters"]
@@ -31,7 +33,7 @@ class MongoEventLog(EventLog):
             self._ready = True
 
     @staticmethod
-    def _stored(doc: dict, duplicate: bool = False) -> StoredEvent:
+    def _stored(doc: dict[str, Any], duplicate: bool = False) -> StoredEvent:
         return StoredEvent(doc["seq"], doc["aggregate"], Envelope.model_validate_json(doc["body"]), duplicate)
 
     async def append(self, envelope: Envelope, *, aggregate: str | None = None) -> StoredEvent:
@@ -65,7 +67,7 @@ class MongoEventLog(EventLog):
 
     async def read(self, after: int = 0, *, limit: int | None = None, subject: str | None = None) -> list[StoredEvent]:
         await self._setup()
-        query: dict = {"seq": {"$gt": after}, "type": {"$ne": "hole"}}
+        query: dict[str, Any] = {"seq": {"$gt": after}, "type": {"$ne": "hole"}}
         if subject is not None:
             query["subject"] = subject
         cursor = self._events.find(query).sort("seq", 1)
