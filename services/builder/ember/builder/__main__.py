@@ -1,37 +1,18 @@
 """`python -m ember.builder`: run the builder until SIGTERM/SIGINT.
 
-Configured by `EMBER_*` variables (see `BuilderSettings`); flags override them. `run(settings)`
-is what `ember builder run` calls. Exit codes: 0 on a clean stop, an `EmberError`'s own code
-(e.g. 6 when the broker cannot be reached), 1 when a loop died.
+Configured by `EMBER_*` variables (see `BuilderSettings`); flags override them. `main(argv)` is
+also what `ember builder run` calls. Exit codes are those of `ember.service.run_main`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
-from ember import log as logging
-from ember.errors import EmberError
-from ember.builder.app import serve
+from ember.builder.app import BuilderService
 from ember.builder.settings import BuilderSettings
-
-
-def run(settings: BuilderSettings) -> int:
-    """Serve until stopped; returns the process exit code."""
-    logger = logging.get_logger("ember.builder")
-    try:
-        asyncio.run(serve(settings))
-    except KeyboardInterrupt:
-        return 0
-    except EmberError as exc:
-        logger.error("builder.failed", error=exc.message, code=exc.code)
-        return exc.exit_code
-    except Exception as exc:  # a loop died: loud, non-zero
-        logger.error("builder.crashed", error=repr(exc))
-        return 1
-    return 0
+from ember.service import run_main
 
 
 def parse_args(argv: Sequence[str] | None) -> BuilderSettings:
@@ -49,9 +30,7 @@ def parse_args(argv: Sequence[str] | None) -> BuilderSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_args(argv)
-    logging.configure(settings.log_format, settings.log_level, service="builder")
-    return run(settings)
+    return run_main("builder", lambda: parse_args(argv), BuilderService)
 
 
 if __name__ == "__main__":

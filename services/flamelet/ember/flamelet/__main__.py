@@ -1,17 +1,18 @@
-"""`python -m ember.flamelet --node N`: run one worker node's agent until SIGTERM/SIGINT."""
+"""`python -m ember.flamelet --node N`: run one worker node's agent until SIGTERM/SIGINT.
+
+Configured by `EMBER_*` variables (see `FlameletSettings`); flags override them. `main(argv)` is
+also what `ember flamelet run` calls. Exit codes are those of `ember.service.run_main`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from ember import log as ember_log
-from ember.errors import EmberError
 from ember.flamelet.app import Flamelet
 from ember.flamelet.settings import FlameletSettings
+from ember.service import run_main
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -29,33 +30,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def settings_from(args: argparse.Namespace, env: dict[str, str] | None = None) -> FlameletSettings:
+def settings_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> FlameletSettings:
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     if "node" in overrides:
         overrides["node_id"] = overrides.pop("node")
     return FlameletSettings.from_env(env, **overrides)
 
 
-async def run(settings: FlameletSettings) -> int:
-    """Run until SIGTERM/SIGINT; the exit code of the process."""
-    flamelet = Flamelet(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, flamelet.stop)
-    async with flamelet:
-        await flamelet.wait_stopped()
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        settings = settings_from(args)
-        ember_log.configure(settings.log_format, settings.log_level, service="flamelet")
-        return asyncio.run(run(settings))
-    except (ValueError, EmberError) as exc:
-        print(f"ember flamelet: {exc}", file=sys.stderr)
-        return 2
+    return run_main("flamelet", lambda: settings_from(args), Flamelet)
 
 
 if __name__ == "__main__":

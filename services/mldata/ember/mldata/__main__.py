@@ -1,16 +1,19 @@
-"""`python -m ember.mldata [--port P] [--data-dir DIR] [--token T] [--node N] ...`"""
+"""`python -m ember.mldata [--port P] [--data-dir DIR] [--token T] [--node N] ...`
+
+Serves one node's data until SIGTERM/SIGINT. Configured by `EMBER_*` variables (see
+`MldataSettings`); flags override them. `main(argv)` is also what `ember mldata run` calls. Exit
+codes are those of `ember.service.run_main`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
-from ember.errors import EmberError
-from ember.log import configure
-from ember.mldata.app import serve
+from ember.mldata.app import MldataService
 from ember.mldata.settings import MldataSettings
+from ember.service import run_main
 
 
 def parse_args(argv: Sequence[str] | None = None) -> MldataSettings:
@@ -39,16 +42,7 @@ def parse_args(argv: Sequence[str] | None = None) -> MldataSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_args(argv)
-    configure(settings.log_format, settings.log_level, service="mldata")
-    try:
-        asyncio.run(serve(settings))
-    except EmberError as exc:
-        print(f"mldata: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_main("mldata", lambda: parse_args(argv), MldataService)
 
 
 if __name__ == "__main__":
