@@ -20,8 +20,8 @@ cancelled (`abandon()` if it did not finish) -> the loops (and every task in the
 cancelled -> `close()` -> `<name>.stopped`.
 A loop runs until it is cancelled: one that raises, or returns while the service is not
 stopping, is fatal. The group cancels the other loops, the service stops without draining (the
-work in flight may depend on the dead loop), and the error is raised by `wait_stopped()` (or on
-leaving the `async with` block).
+work in flight may depend on the dead loop), and the error is raised by `wait_stopped()`, or on
+leaving the `async with` block if nothing raised it there.
 
 `run_main` is the one exit-code policy of every service process:
 
@@ -39,6 +39,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, ClassVar, TypeVar
+
+from pydantic import ValidationError
 
 from ember import log as ember_log
 from ember.errors import EmberError, InvalidSettings
@@ -77,6 +79,7 @@ class Service:
         self._loops: list[asyncio.Task[None]] = []
         self._runner: asyncio.Task[None] | None = None
         self._shutdown: asyncio.Task[None] | None = None
+        self._fatal_raised = False
 
     # --- hooks -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -93,8 +96,9 @@ class Service:
         """On a clean stop: stop taking work and wait for the work in flight (within `grace`)."""
 
     def abandon(self) -> None:
-        """When `drain()` did not finish (the grace period ended, or a loop died): stop the work
-        still in flight the hard way (e.g. kill a subprocess) before the loops are cancelled."""
+        """When `drain()` did not run to its end (the grace period ended, a loop died, or the
+        start never got that far): stop the work still in flight the hard way (e.g. kill a
+        subprocess) before the loops are cancelled."""
 
     async def close(self) -> None:
         """After the loops are done: release what `open()` acquired, whatever part of it did."""
@@ -134,7 +138,8 @@ class Service:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         await self.shutdown()
-        if exc_type is None and self.fatal is not None:
+        if exc_type is None and self.fatal is not None and not self._fatal_raised:
+            self._fatal_raised = True
             raise self.fatal
 
     def request_stop(self) -> None:
@@ -145,6 +150,7 @@ class Service:
         """Until a stop is requested or a loop dies; raises the loop's error in the second case."""
         await self._stop.wait()
         if self.fatal is not None:
+            self._fatal_raised = True
             raise self.fatal
 
     async def shutdown(self) -> None:
@@ -271,7 +277,12 @@ def run_main(name: str, settings: Callable[[], S], service: Callable[[S], Servic
     """Parse the settings, configure logging, serve until stopped; the process's exit code."""
     try:
         config = settings()
-    except ValueError as exc:  # pydantic's ValidationError included
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        error = InvalidSettings(f"invalid settings: {problems}")
+        print(f"ember {name}: {error.message}", file=sys.stderr)
+        return error.exit_code
+    except ValueError as exc:
         error = InvalidSettings(f"invalid settings: {exc}")
         print(f"ember {name}: {error.message}", file=sys.stderr)
         return error.exit_code
