@@ -33,16 +33,18 @@ leaving the `async with` block if nothing raised it there.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, ClassVar, Self, TypeVar
 
 from pydantic import ValidationError
 
 from ember import log as ember_log
+from ember.bus import Bus
 from ember.errors import EmberError, InvalidSettings
 from ember.settings import Settings
 
@@ -120,7 +122,7 @@ class Service:
             raise RuntimeError(f"the {self.name}'s loops are not running")
         return self._group
 
-    async def __aenter__(self) -> Service:
+    async def __aenter__(self) -> Self:
         try:
             await self._unless_stopped(self.open())
             if not self._stop.is_set():
@@ -254,6 +256,28 @@ class Service:
             task.result()
 
 
+def service_bus(
+    settings: Settings,
+    client_id: str,
+    source: str,
+    *,
+    will: tuple[str, bytes, bool] | None = None,
+    on_connect: Callable[[Bus], Awaitable[None]] | None = None,
+) -> Bus:
+    """A service's MQTT connection: a persistent session under a stable `client_id`, so the
+    broker keeps its subscriptions and queues its QoS 1 messages while it is away."""
+    return Bus(
+        settings.resolved_mqtt_url(),
+        client_id=client_id,
+        root=settings.topic_root,
+        persistent=True,
+        keepalive=settings.keepalive,
+        will=will,
+        source=source,
+        on_connect=on_connect,
+    )
+
+
 def _retrieve(task: asyncio.Future[None]) -> None:
     """Mark a task's outcome as seen (a cancelled drain may end after its caller moved on)."""
     if not task.cancelled():
@@ -271,6 +295,27 @@ async def serve(service: Service) -> None:
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+
+
+def service_parser(name: str, description: str, *, eventlog: bool = False, client_id: bool = False) -> argparse.ArgumentParser:
+    """`python -m ember.<name>`'s parser with the flags every service takes; each flag's `dest`
+    is a settings field, so `settings_from` passes the given ones over the `EMBER_*` variables."""
+    parser = argparse.ArgumentParser(prog=f"python -m ember.{name}", description=description)
+    parser.add_argument("--mqtt-url", help="broker URL mqtt://host:port (EMBER_MQTT_URL; default: the one `ember up` recorded)")
+    if eventlog:
+        parser.add_argument("--eventlog-url", help="sqlite:///path or mongodb://... (EMBER_EVENTLOG_URL; default: the home's SQLite)")
+    parser.add_argument("--home", help="Ember home folder (EMBER_HOME; default: ~/.ember)")
+    if client_id:
+        parser.add_argument("--client-id", dest=f"{name}_client_id", help=f"MQTT client id (EMBER_{name.upper()}_CLIENT_ID)")
+    parser.add_argument("--log-level", help="debug, info, warning, error (EMBER_LOG_LEVEL)")
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], help="(EMBER_LOG_FORMAT)")
+    return parser
+
+
+def settings_from(cls: type[S], parser: argparse.ArgumentParser, argv: Sequence[str] | None, env: Mapping[str, str] | None = None) -> S:
+    """Settings from the environment (`env`, default `os.environ`), the given flags winning."""
+    flags = {key: value for key, value in vars(parser.parse_args(argv)).items() if value is not None}
+    return cls.from_env(env, **flags)
 
 
 def run_main(name: str, settings: Callable[[], S], service: Callable[[S], Service]) -> int:

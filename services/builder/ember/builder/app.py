@@ -20,7 +20,7 @@ from ember.builder.core import Builder
 from ember.builder.settings import BuilderSettings
 from ember.bus import Bus
 from ember.eventlog import EventLog, open_eventlog
-from ember.service import Service
+from ember.service import Service, service_bus
 
 
 class BuilderService(Service):
@@ -41,14 +41,7 @@ class BuilderService(Service):
         if removed:
             self.log.info("builder.removed_staging", folders=removed)
         self.eventlog = open_eventlog(settings.resolved_eventlog_url())
-        self.bus = Bus(
-            settings.resolved_mqtt_url(),
-            client_id=settings.builder_client_id,
-            root=settings.topic_root,
-            persistent=True,
-            keepalive=settings.keepalive,
-            source="builder",
-        )
+        self.bus = service_bus(settings, settings.builder_client_id, "builder")
         self.builder = Builder(self.eventlog, self.bus, settings)
         await self.builder.follower.catch_up()
         await self.bus.start()

@@ -28,7 +28,7 @@ from ember.flamelet.process import ProcessRuntime
 from ember.flamelet.runtime import Runtime
 from ember.flamelet.settings import FlameletSettings
 from ember.flamelet.supervisor import Supervisor
-from ember.service import Service
+from ember.service import Service, service_bus
 
 
 class Flamelet(Service):
@@ -49,16 +49,7 @@ class Flamelet(Service):
         self._will_since = self._online_since = self.started
         self.runtime = runtime or ProcessRuntime(settings.actors_dir)
         self.log = self.log.bind(node=node)
-        self.bus = Bus(
-            settings.resolved_mqtt_url(),
-            client_id=f"ember-flamelet-{node}",
-            root=self.root,
-            persistent=True,
-            keepalive=settings.keepalive,
-            will=self._will(),
-            source=f"flamelet/{node}",
-            on_connect=self._on_connect,
-        )
+        self.bus = service_bus(settings, f"ember-flamelet-{node}", f"flamelet/{node}", will=self._will(), on_connect=self._on_connect)
         self.supervisor = Supervisor(
             node,
             self.runtime,

@@ -20,7 +20,7 @@ from ember.eventlog import EventLog, open_eventlog
 from ember.manager.core import Manager
 from ember.manager.handlers import Gate, register
 from ember.manager.settings import ManagerSettings
-from ember.service import Service
+from ember.service import Service, service_bus
 
 
 class ManagerService(Service):
@@ -39,14 +39,7 @@ class ManagerService(Service):
     async def open(self) -> None:
         settings = self.settings
         self.eventlog = open_eventlog(settings.resolved_eventlog_url())
-        self.bus = Bus(
-            settings.resolved_mqtt_url(),
-            client_id=settings.manager_client_id,
-            root=settings.topic_root,
-            persistent=True,
-            keepalive=settings.keepalive,
-            source="manager",
-        )
+        self.bus = service_bus(settings, settings.manager_client_id, "manager")
         self.manager = Manager(self.eventlog, self.bus, tail_lines=settings.manager_log_tail_lines, resync=settings.manager_resync)
         register(self.bus, self.manager, self.gate)
         await self.manager.catch_up()

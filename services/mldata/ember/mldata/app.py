@@ -24,7 +24,7 @@ from ember.mldata.server import MldataFlightServer
 from ember.mldata.settings import MldataSettings
 from ember.mldata.store import PartitionStore
 from ember.mldata.summary import write_summary
-from ember.service import Service
+from ember.service import Service, service_bus
 
 
 class MldataService(Service):
@@ -78,14 +78,7 @@ class MldataService(Service):
         except (OSError, pa.ArrowException) as exc:
             raise Unavailable(f"cannot serve Arrow Flight on {location}: {exc}") from None
         if settings.mldata_ingest:
-            self.bus = Bus(
-                settings.resolved_mqtt_url(),
-                client_id=f"ember-mldata-{self.node}",
-                root=settings.topic_root,
-                persistent=True,
-                keepalive=settings.keepalive,
-                source=f"mldata/{self.node}",
-            )
+            self.bus = service_bus(settings, f"ember-mldata-{self.node}", f"mldata/{self.node}")
             self.bus.subscribe(topics.DATA, data_handler(self.ingestor, self._flushes), raw=True)
             await self.bus.start(wait=None)  # Flight serves while the broker is away
 

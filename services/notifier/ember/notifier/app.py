@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ember import topics
-from ember.bus import Bus
 from ember.eventlog import EventLog, open_eventlog
 from ember.eventlog.base import StoredEvent
 from ember.errors import Unavailable
@@ -31,7 +30,7 @@ from ember.notifier.handlers import node_handlers
 from ember.notifier.nodes import NodeTable
 from ember.notifier.settings import NotifierSettings
 from ember.projection import Projection
-from ember.service import Service
+from ember.service import Service, service_bus
 
 PUBLISH_IN_FLIGHT = 100
 SOURCE = "notifier"
@@ -49,8 +48,7 @@ class Notifier(Service):
         self.eventlog = eventlog
         self._own_eventlog = eventlog is None
         self.nodes = NodeTable()
-        self.bus = Bus(settings.resolved_mqtt_url(), client_id=settings.notifier_client_id, root=self.root, persistent=True,
-                       keepalive=settings.keepalive, source=SOURCE)
+        self.bus = service_bus(settings, settings.notifier_client_id, SOURCE)
         self.follower: LogFollower | None = None
         self.published: dict[str, list[dict]] = {}
         """node -> the actor list last published on its desired topic."""
