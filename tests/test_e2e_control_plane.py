@@ -24,7 +24,7 @@ from ember.cli.main import app
 from ember.eventlog import open_eventlog
 from ember.events import ActorReport
 from ember.stack import Stack
-from ember.testing import wait_until
+from ember.testing import assert_eventually, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -372,10 +372,12 @@ def test_watch_shows_actors_and_a_progress_bar_over_rounds(stack: Stack, cli, tm
                 event = RoundCompleted(round=n, metrics={"loss": 1.0 / n, "accuracy": 0.4 * n}, duration_s=0.5)
                 envelope = bus.envelope("RoundCompleted", event.model_dump(mode="json"), subject=job_id)
                 await bus.publish(topics.JOB_PROGRESS.format(bus.root, job=job_id), envelope)
-            while len((await bus.request("jobs.get", {"job": job_id}))["rounds"]) < 2:
-                await asyncio.sleep(0.1)
-            while "2/3" not in screen.getvalue():
-                await asyncio.sleep(0.1)
+
+            async def rounds_recorded() -> bool:
+                return len((await bus.request("jobs.get", {"job": job_id}))["rounds"]) >= 2
+
+            await assert_eventually(rounds_recorded, timeout=20, interval=0.1, message="the manager never recorded two rounds")
+            await assert_eventually(lambda: "2/3" in screen.getvalue(), timeout=20, interval=0.1, message="watch never showed round 2/3")
             await bus.request("jobs.cancel", {"job": job_id})
             return await asyncio.wait_for(watching, 30)
 

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     keepalive: int = 5
     """MQTT keepalive in seconds; a dead flamelet is seen offline within 1.5x this."""
 
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str) -> str:
+        if value:
+            parse_mqtt_url(value)  # a bad URL is a settings error, not a failure to connect
+        return value
+
     @field_validator("home", mode="before")
     @classmethod
     def _expand(cls, value: object) -> object:
@@ -51,7 +58,7 @@ class Settings(BaseSettings):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Self:
         env = dict(os.environ if env is None else env)
-        values = {
+        values: dict[str, object] = {
             key[len("EMBER_") :].lower(): value
             for key, value in env.items()
             if key.startswith("EMBER_") and key[len("EMBER_") :].lower() in cls.model_fields

@@ -32,7 +32,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 EXIT_CODES: dict[int, str] = {
     0: "success (with --wait: the job succeeded)",
     1: "internal error",
-    2: "invalid request or invalid job spec (each bad field is printed)",
+    2: "invalid request, job spec or settings (each bad field is printed)",
     3: "not found (unknown job, node or file)",
     4: "conflict (e.g. cancelling a job that already ended)",
     5: "timeout: no manager answered (is `ember up` running?)",
