@@ -88,8 +88,7 @@ def test_commands_find_the_broker_recorded_by_ember_up(cli, mqtt_broker, ember_h
         bus.serve(actions.NODES_LIST, list_nodes)
         async with bus:
             ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
+            await asyncio.to_thread(stop.wait)
 
     thread = threading.Thread(target=lambda: asyncio.run(fake_manager()), daemon=True)
     thread.start()
