@@ -10,7 +10,7 @@
   serving either way.
 - Requests (`ember.actions`) use MQTT 5 response topic + correlation data; the reply carries the
   action's reply model or a typed error, also for a request that is invalid or names an unknown
-  action.
+  action (`ember.rpc` answers them).
 - Outgoing packets are written at once on the event loop's thread (`ember.mqtt_compat.write_eagerly`).
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import socket
 import uuid
@@ -33,11 +32,12 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel
 
 from ember import topics
-from ember.actions import REPLY_TYPE, Action, Payload
+from ember.actions import Action, Payload
 from ember.envelope import MAX_REPLY_BYTES, DecodeError, Envelope, decode
-from ember.errors import EmberError, InvalidRequest, RequestTimeout, Unavailable, from_reply, to_reply
+from ember.errors import EmberError, RequestTimeout, Unavailable, from_reply
 from ember.log import get_logger
 from ember.mqtt_compat import write_eagerly
+from ember.rpc import RequestHandler, Responder
 from ember.settings import parse_mqtt_url
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -64,8 +64,6 @@ class Message:
 
 
 Handler = Callable[[Message], Awaitable[None]]
-RequestHandler = Callable[[R, Envelope], Awaitable[Any]]
-"""Gets the validated request and its envelope; returns a value of the action's reply model."""
 
 
 @dataclass
@@ -126,8 +124,7 @@ class Bus:
         self._background: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._fatal: BaseException | None = None
-        self.served: dict[str, tuple[Action[Any], Callable[[Any, Envelope], Awaitable[Any]]]] = {}
-        """Action name -> (action, handler): what `serve` registered."""
+        self._responder: Responder | None = None
         self.log = get_logger("ember.bus", client=self.client_id)
         self._reply_topic = topics.REPLY.format(root, client=self.client_id)
 
@@ -172,11 +169,17 @@ class Bus:
         """Answer requests on `req/{action.name}`: the envelope's `data` is validated against
         `action.request` before `handler` runs, and its return value against `action.reply`.
         Requests for actions nobody registered get an error reply naming the action."""
-        if not self.served:
-            sub = _Subscription(topics.REQUEST, topics.REQUEST.wildcard(self.root), self._on_request, raw=True,
+        if self._responder is None:
+            self._responder = Responder(self)
+            sub = _Subscription(topics.REQUEST, topics.REQUEST.wildcard(self.root), self._responder.on_request, raw=True,
                                 concurrent=True, checks_own_params=True)
             self._register(sub)
-        self.served[action.name] = (action, handler)
+        self._responder.served[action.name] = (action, handler)
+
+    @property
+    def served(self) -> dict[str, tuple[Action[Any], RequestHandler[Any]]]:
+        """Action name -> (action, handler): what `serve` registered."""
+        return self._responder.served if self._responder is not None else {}
 
     # --- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Bus:
@@ -285,14 +288,14 @@ class Bus:
             if not sub.raw and not payload:  # a cleared retained message
                 continue
             if not sub.checks_own_params and (reason := topics.invalid_param(params)):
-                self._drop(topic, reason, len(payload))
+                self.drop(topic, reason, len(payload))
                 return
             envelope = None
             if not sub.raw:
                 try:
                     envelope = decode(payload)
                 except DecodeError as exc:
-                    self._drop(topic, exc.reason, len(payload))
+                    self.drop(topic, exc.reason, len(payload))
                     continue
             message = Message(topic, params, payload, bool(msg.retain), envelope, msg.properties)
             if sub.concurrent:
@@ -303,8 +306,8 @@ class Bus:
             else:
                 await self._call(sub.handler, message)
 
-    def _drop(self, topic: str, reason: str, size: int) -> None:
-        """Count and log (one line) an inbound message that is not valid."""
+    def drop(self, topic: str, reason: str, size: int) -> None:
+        """Count and log (one line) an inbound message that is not valid; the service goes on."""
         self.stats["dropped_invalid"] += 1
         self.log.warning("bus.dropped", topic=topic[:200], reason=reason[:300], bytes=size)
 
@@ -315,7 +318,7 @@ class Bus:
         except asyncio.CancelledError:
             raise
         except DecodeError as exc:
-            self._drop(message.topic, exc.reason, len(message.payload))
+            self.drop(message.topic, exc.reason, len(message.payload))
         except Exception:
             self.stats["handler_errors"] += 1
             self.log.exception("bus.handler_error", topic=message.topic[:200])
@@ -378,7 +381,7 @@ class Bus:
             kwargs["id"] = id
         return Envelope(**kwargs)
 
-    # --- requests and replies --------------------------------------------------------------
+    # --- requests (the answering side is `ember.rpc.Responder`) ----------------------------
     async def request(
         self,
         action: Action[Any] | str,
@@ -424,56 +427,3 @@ class Bus:
             future.set_result(decode(payload, limit=MAX_REPLY_BYTES))
         except DecodeError as exc:
             future.set_exception(EmberError(f"invalid reply: {exc.reason}"))
-
-    async def _on_request(self, message: Message) -> None:
-        """Validate a request, run its action's handler, reply (with a typed error when the request
-        is invalid, names an unknown action or the handler fails)."""
-        props = message.properties
-        response_topic = getattr(props, "ResponseTopic", None)
-        if response_topic and topics.REPLY.match(self.root, response_topic) is None:
-            self._drop(message.topic, f"response topic {response_topic[:100]!r} is not under {self.root}/reply/", len(message.payload))
-            return
-        envelope: Envelope | None = None
-        try:
-            envelope, action, handler = self._parse_request(message)
-            request = action.parse(envelope.data)
-        except InvalidRequest as exc:
-            self._drop(message.topic, exc.message, len(message.payload))
-            await self._reply(props, envelope.id if envelope else "", {"ok": False, "error": to_reply(exc)})
-            return
-        try:
-            data: dict[str, Any] = {"ok": True, "result": action.result(await handler(request, envelope))}
-        except EmberError as exc:
-            data = {"ok": False, "error": to_reply(exc)}
-        except Exception as exc:
-            self.stats["handler_errors"] += 1
-            self.log.exception("bus.request_failed", action=action.name)
-            data = {"ok": False, "error": to_reply(exc)}
-        await self._reply(props, envelope.id, data)
-
-    def _parse_request(self, message: Message) -> tuple[Envelope, Action[Any], Callable[[Any, Envelope], Awaitable[Any]]]:
-        """(envelope, action, handler) of a request; InvalidRequest naming what is wrong."""
-        if reason := topics.invalid_param(message.params):
-            raise InvalidRequest(f"invalid request: {reason}", details=[{"field": "action", "reason": reason}])
-        try:
-            envelope = decode(message.payload)
-        except DecodeError as exc:
-            raise InvalidRequest(f"invalid request: {exc.reason}", details=[{"field": "(envelope)", "reason": exc.reason}]) from None
-        name = message.params["action"]
-        served = self.served.get(name)
-        if served is None:
-            reason = f"unknown action {name!r}; known: {', '.join(sorted(self.served))}"
-            raise InvalidRequest(f"invalid request: {reason}", details=[{"field": "action", "reason": reason}])
-        return envelope, *served
-
-    async def _reply(self, props: Any, subject: str, data: dict[str, Any]) -> None:
-        """Publish a reply on the request's response topic (none: the requester wants no reply)."""
-        response_topic = getattr(props, "ResponseTopic", None)
-        if not response_topic:
-            return
-        reply_props = Properties(PacketTypes.PUBLISH)
-        correlation = getattr(props, "CorrelationData", None)
-        if correlation:
-            reply_props.CorrelationData = correlation
-        reply = self.envelope(REPLY_TYPE, json.loads(json.dumps(data, default=str)), subject=subject)
-        await self.publish(response_topic, reply, properties=reply_props)
