@@ -2,6 +2,8 @@ import asyncio
 import contextlib
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -298,3 +300,40 @@ async def test_a_connection_that_breaks_under_a_write_reconnects_and_delivers(mq
         await pub.publish(topic, b"after")
         await assert_eventually(lambda: got[-1:] == [b"after"], timeout=10)
     assert not [r for r in caplog.records if r.name == "asyncio"], [r.getMessage() for r in caplog.records]
+
+
+OPTIMIZED_ROUND_TRIP = """
+import asyncio, sys
+from ember.actions import Action, Payload
+from ember.bus import Bus
+from ember.errors import InvalidRequest
+
+class Ping(Payload):
+    n: int
+
+async def main(url):
+    async def pong(request, _envelope):
+        return {"n": request.n + 1}
+    server = Bus(url, client_id="o-server")
+    server.serve(Action("ping", Ping, Ping, "ping"), pong)
+    async with server, Bus(url) as client:
+        await client.publish("ember/v1/req/ping", b"junk")
+        if await client.request("ping", {"n": 1}) != {"n": 2}:
+            sys.exit("wrong reply")
+        try:
+            await client.request("ping", {})
+        except InvalidRequest:
+            pass
+        else:
+            sys.exit("no error reply")
+    print("ok", dict(server.stats))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_the_bus_works_under_python_O(mqtt_broker):
+    """`python -O` strips asserts: nothing in the bus's control flow may depend on them."""
+    result = subprocess.run([sys.executable, "-O", "-c", OPTIMIZED_ROUND_TRIP, mqtt_broker.url], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("ok") and "'dropped_invalid': 2" in result.stdout, result.stdout
