@@ -206,7 +206,8 @@ def build_document(root: str = "ember/v1", *, server: str = "127.0.0.1:1883") ->
             "description": (
                 "Every topic and payload of Ember's MQTT bus. Payloads are JSON envelopes "
                 "`{id, type, time, source, subject, data, v}` whose `data` matches the message's model; "
-                "requests use MQTT 5 response topic + correlation data; QoS 1 throughout."
+                "requests use MQTT 5 response topic (under `reply/`) + correlation data, and an invalid "
+                "request or an unknown action gets an `invalid_request` error reply; QoS 1 throughout."
             ),
         },
         "defaultContentType": "application/json",

@@ -57,9 +57,9 @@ class Message:
 
     @property
     def body(self) -> Envelope:
-        """The envelope; a raw subscription's message has none (DecodeError)."""
+        """The envelope (every message of a non-raw subscription has one)."""
         if self.envelope is None:
-            raise DecodeError("no envelope (raw subscription)")
+            raise RuntimeError(f"a message of a raw subscription has no envelope ({self.topic[:200]})")
         return self.envelope
 
 
