@@ -18,7 +18,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from ember.errors import InvalidRequest
-from ember.events import ActorState, Artifact, JobState, Role, RoundCompleted
+from ember.events import ActorState, Artifact, JobResult, JobState, Role, RoundCompleted
 from ember.topics import PARAM_PATTERN
 
 REPLY_TYPE = "reply"
@@ -88,13 +88,10 @@ class ActorSummary(Payload):
     log_tail: str = ""
 
 
-class JobOutcome(Payload):
-    """How a job ended: its reason, and the aggregator's final metrics, MLflow run and model version."""
+class JobOutcome(JobResult):
+    """How a job ended: the aggregator's result (final metrics, MLflow run, model version) and the reason."""
 
     reason: str = ""
-    metrics: dict[str, float] = Field(default_factory=dict)
-    mlflow_run_id: str = ""
-    model_version: str = ""
 
 
 class JobListItem(Payload):
