@@ -32,6 +32,7 @@ from ember import topics
 from ember.envelope import DecodeError, Envelope, decode
 from ember.errors import EmberError, RequestTimeout, Unavailable, from_reply, to_reply
 from ember.log import get_logger
+from ember.security.mqtt import MqttSecurity
 from ember.settings import parse_mqtt_url
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -120,8 +121,11 @@ class Bus:
         max_background: int = 100,
         source: str = "",
         on_connect: Callable[[Bus], Awaitable[None]] | None = None,
+        security: MqttSecurity | None = None,
     ) -> None:
         self.host, self.port = parse_mqtt_url(url)
+        # security: username, password and TLS (for mqtts:// URLs); default from EMBER_IDENTITY / EMBER_MQTT_*.
+        self.security = security if security is not None else MqttSecurity.from_env()
         self.url = url
         self.client_id = client_id or f"ember-{uuid.uuid4().hex[:12]}"
         self.root = root
@@ -282,6 +286,7 @@ class Bus:
             socket_options=NODELAY,
             max_inflight_messages=100,
             timeout=10,
+            **self.security.client_options(self.url),  # security: credentials and TLS
         )
 
     # --- incoming --------------------------------------------------------------------------
