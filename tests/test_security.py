@@ -37,7 +37,9 @@ ROOT = "ember/v1"
 NODES = ("node-1", "node-2")
 USERS = {"alice": UserRole.operator, "bob": UserRole.viewer}
 JOBS = {"a": ("a-aggregator", "a-learner-0"), "b": ("b-aggregator", "b-learner-0")}
-NODE_DATA = topics.DATA if "node" in topics.DATA.params else topics.TopicTemplate("data/{node}/{tag}", "readings addressed to a node")
+NODE_DATA = (
+    topics.DATA if "node" in topics.DATA.params else topics.TopicTemplate("data/{node}/{tag}", "readings addressed to a node")
+)
 
 
 @dataclass
@@ -183,10 +185,14 @@ async def test_a_viewer_cannot_submit_or_cancel_but_may_read(broker: SecuredBrok
 async def test_an_actor_writes_only_its_own_jobs_topics(broker: SecuredBroker) -> None:
     # a node, or another job's learner, cannot speak for job b's learner
     await assert_dropped(broker, "node-1", "job-b-b-learner-0", "job-b-b-aggregator", topics.FL_UP, job="b", actor="b-learner-0")
-    await assert_dropped(broker, "job-a-a-learner-0", "job-b-b-learner-0", "job-b-b-aggregator", topics.FL_UP, job="b", actor="b-learner-0")
+    await assert_dropped(
+        broker, "job-a-a-learner-0", "job-b-b-learner-0", "job-b-b-aggregator", topics.FL_UP, job="b", actor="b-learner-0"
+    )
     # only job a's aggregator writes job a's cast and down topics and its progress (a forged JobResult)
     await assert_dropped(broker, "job-a-a-learner-0", "job-a-a-aggregator", "job-a-a-learner-0", topics.FL_CAST, job="a")
-    await assert_dropped(broker, "job-b-b-aggregator", "job-a-a-aggregator", "job-a-a-learner-0", topics.FL_DOWN, job="a", actor="a-learner-0")
+    await assert_dropped(
+        broker, "job-b-b-aggregator", "job-a-a-aggregator", "job-a-a-learner-0", topics.FL_DOWN, job="a", actor="a-learner-0"
+    )
     await assert_dropped(broker, "job-a-a-learner-0", "job-a-a-aggregator", "manager", topics.JOB_PROGRESS, job="a")
 
 
@@ -218,12 +224,12 @@ async def test_job_credentials_are_issued_and_revoked(broker: SecuredBroker) -> 
     security = MqttSecurity(username=identity.name, password=identity.password)
     broker.reload()
     await assert_eventually(lambda: _connects(broker.url, security), message="a new job credential does not connect")
-    async with Bus(broker.url, root=ROOT, security=security):
-        pass
-    assert revoke_job_credential(broker.home, "c", "c-learner-0")
-    assert not revoke_job_credential(broker.home, "c", "c-learner-0")
-    broker.reload()
-    await assert_eventually(lambda: _refused(broker.url, security), message="a revoked credential still connects")
+    async with Bus(broker.url, root=ROOT, security=security) as actor:
+        assert revoke_job_credential(broker.home, "c", "c-learner-0")
+        assert not revoke_job_credential(broker.home, "c", "c-learner-0")
+        broker.reload()
+        await assert_eventually(lambda: _refused(broker.url, security), message="a revoked credential still connects")
+        await assert_eventually(lambda: not actor.connected, message="a revoked actor stays connected")
 
 
 async def _connects(url: str, security: MqttSecurity) -> bool:
@@ -319,7 +325,9 @@ def test_every_channel_has_a_writer_and_a_reader_and_nobody_gets_everything(poli
         assert any(r.template is template and "read" in r.access for r in rules), f"nobody may read {template.pattern}"
     for rule in rules:
         assert "#" not in rule.topic, rule
-        assert rule.topic.startswith(f"{ROOT}/") and rule.topic.count("/") == rule.template.pattern.count("/") + ROOT.count("/") + 1
+        assert (
+            rule.topic.startswith(f"{ROOT}/") and rule.topic.count("/") == rule.template.pattern.count("/") + ROOT.count("/") + 1
+        )
 
 
 def test_least_privilege_in_the_generated_acl() -> None:
@@ -328,7 +336,9 @@ def test_least_privilege_in_the_generated_acl() -> None:
     reads = {name: {r.topic for r in rules if "read" in r.access} for name, rules in g.items()}
     event_writers = {name for name, topics_ in writes.items() if any("/events/" in t for t in topics_)}
     assert event_writers == {"manager", "builder", "notifier"}
-    assert f"{ROOT}/events/+/+" in writes["manager"] and not any("+" in t for t in writes["builder"] | writes["notifier"] if "/events/" in t)
+    assert f"{ROOT}/events/+/+" in writes["manager"] and not any(
+        "+" in t for t in writes["builder"] | writes["notifier"] if "/events/" in t
+    )
     assert {n for n, t in writes.items() if topics.NODE_DESIRED.wildcard(ROOT) in t} == {"notifier"}
     assert all(t.startswith(f"{ROOT}/nodes/node-1/") for t in writes["node-1"])
     assert reads["node-1"] >= {topics.NODE_DESIRED.format(ROOT, node="node-1")}

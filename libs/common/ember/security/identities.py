@@ -22,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ember.security.pki import write_private
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+"""A node, job, actor or user name: at most 63 characters (a DNS label: node names go into certificates)."""
+PRINCIPAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 SERVICES = ("manager", "builder", "notifier")
 PASSWORD_ALPHABET = string.ascii_letters + string.digits
 
@@ -59,16 +61,38 @@ class Identity(BaseModel):
     ca_pem: str = Field(default="", repr=False)
     """The CA certificate a client verifies the broker with."""
 
-    @field_validator("name", "node", "job", "actor")
+    @field_validator("node", "job", "actor")
     @classmethod
     def _name(cls, value: str) -> str:
         if value and not NAME.match(value):
-            raise ValueError(f"{value!r}: use 1-200 letters, digits, '.', '_' or '-', starting with a letter or digit")
+            raise ValueError(f"{value!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _principal(cls, value: str) -> str:
+        if not PRINCIPAL.match(value):
+            raise ValueError(f"invalid principal name {value!r}")
         return value
 
     @property
     def username(self) -> str:
         return self.name
+
+
+RESERVED_PREFIXES = ("job-", "devices-")
+
+
+def check_name(name: str, what: str) -> str:
+    """`name` if it may name a node or a user: a short name, not a service's, not one of the
+    prefixes of derived principals (device fleets, job actors)."""
+    if not NAME.match(name):
+        raise ValueError(f"{what} {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if name in SERVICES or name.startswith(RESERVED_PREFIXES):
+        raise ValueError(
+            f"{what} {name!r}: reserved (services are {', '.join(SERVICES)}; {' and '.join(RESERVED_PREFIXES)} are derived names)"
+        )
+    return name
 
 
 def new_password() -> str:
@@ -90,7 +114,7 @@ class IdentityStore:
         self.folder = folder
 
     def path(self, name: str) -> Path:
-        if not NAME.match(name):
+        if not PRINCIPAL.match(name):
             raise ValueError(f"invalid principal name {name!r}")
         return self.folder / f"{name}.json"
 

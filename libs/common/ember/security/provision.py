@@ -36,6 +36,7 @@ from ember.security.identities import (
     Kind,
     UserRole,
     actor_principal,
+    check_name,
     device_fleet,
     new_password,
     sync_password_file,
@@ -143,6 +144,8 @@ def provision(
     each node in `nodes` (identity, device fleet, mldata certificate), each user with its role."""
     p = Pki(home)
     report = Report()
+    nodes = [check_name(node, "node") for node in nodes]
+    users = {check_name(user, "user"): UserRole(role) for user, role in (users or {}).items()}
     with _locked(p):
         if topic_root is not None or not p.settings_file.exists():
             pki.write_private(p.settings_file, json.dumps({"topic_root": topic_root or p.topic_root()}).encode())
@@ -157,8 +160,8 @@ def provision(
             _ensure(p, report, node, Kind.node, node=node)
             _ensure(p, report, device_fleet(node), Kind.devices, node=node)
             _issue(p, report, f"mldata-{node}", [*pki.DEFAULT_HOSTS, node])
-        for user, role in (users or {}).items():
-            _ensure(p, report, user, Kind.user, role=UserRole(role).value)
+        for user, role in users.items():
+            _ensure(p, report, user, Kind.user, role=role.value)
         _write_broker_files(p)
     return report
 
