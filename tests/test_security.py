@@ -23,9 +23,9 @@ import pytest
 from ember import topics
 from ember.asyncapi import REQUESTS, build_document
 from ember.bus import Bus, Message
-from ember.security.acl import MUTATING_ACTIONS, READ_ONLY_ACTIONS, Policy, Rule
+from ember.security.acl import MUTATING_ACTIONS, READ_ONLY_ACTIONS, Policy, Rule, examples, markdown
 from ember.security.broker import secure_broker
-from ember.security.identities import Identity, Kind, UserRole
+from ember.security.identities import UserRole
 from ember.security.mqtt import MqttSecurity
 from ember.security.provision import Pki, issue_job_credential, provision, reload_broker, revoke, revoke_job_credential, rotate
 from ember.settings import parse_mqtt_url
@@ -296,22 +296,8 @@ async def test_tls_with_the_provisioned_ca(broker: SecuredBroker) -> None:
 # --- the ACL against the topic map, without a broker ---------------------------------------------
 
 
-def every_kind() -> list[Identity]:
-    return [
-        Identity(name="manager", kind=Kind.service, password="x"),
-        Identity(name="builder", kind=Kind.service, password="x"),
-        Identity(name="notifier", kind=Kind.service, password="x"),
-        Identity(name="node-1", kind=Kind.node, node="node-1", password="x"),
-        Identity(name="devices-node-1", kind=Kind.devices, node="node-1", password="x"),
-        Identity(name="alice", kind=Kind.user, role="operator", password="x"),
-        Identity(name="bob", kind=Kind.user, role="viewer", password="x"),
-        Identity(name="job-j-j-aggregator", kind=Kind.actor, job="j", actor="j-aggregator", role="aggregator", password="x"),
-        Identity(name="job-j-j-learner-0", kind=Kind.actor, job="j", actor="j-learner-0", role="learner", password="x"),
-    ]
-
-
 def grants(policy: Policy) -> dict[str, list[Rule]]:
-    return {i.name: [*policy.everyone, *policy.rules(i)] for i in every_kind()}
+    return {i.name: [*policy.everyone, *policy.rules(i)] for i in examples()}
 
 
 @pytest.mark.parametrize("policy", [Policy(), Policy(data=NODE_DATA)], ids=["topic-map", "data-with-node"])
@@ -345,8 +331,46 @@ def test_least_privilege_in_the_generated_acl() -> None:
     assert not any("/desired" in t and "node-1" not in t for t in reads["node-1"])
     assert {f"{ROOT}/req/{a}" for a in MUTATING_ACTIONS}.isdisjoint(writes["bob"]) and f"{ROOT}/req/+" not in writes["bob"]
     assert MUTATING_ACTIONS <= set(REQUESTS)
-    assert all(t.startswith(f"{ROOT}/jobs/j/") for name in ("job-j-j-aggregator", "job-j-j-learner-0") for t in writes[name])
-    assert {n for n, t in writes.items() if topics.FL_CAST.format(ROOT, job="j") in t} == {"job-j-j-aggregator"}
+    assert all(t.startswith(f"{ROOT}/jobs/J/") for name in ("job-J-J-aggregator", "job-J-J-learner-0") for t in writes[name])
+    assert {n for n, t in writes.items() if topics.FL_CAST.format(ROOT, job="J") in t} == {"job-J-J-aggregator"}
     node_level = grants(Policy(data=NODE_DATA))
     assert {r.topic for r in node_level["devices-node-1"]} >= {NODE_DATA.wildcard(ROOT, node="node-1")}
     assert not any(NODE_DATA.wildcard(ROOT) == r.topic for r in node_level["devices-node-1"] + node_level["node-1"])
+
+
+def test_the_acl_table_in_the_docs_is_the_generated_one() -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "security.md").read_text()
+    assert markdown(Policy(), examples()) in doc, "docs/security.md: paste the output of `python -m ember.security.acl`"
+
+
+def test_actors_without_job_credentials_can_be_allowed_their_nodes_identity() -> None:
+    """The transitional switch: a node's identity also covers the actors it hosts, any job."""
+    node = next(i for i in examples() if i.kind == "node")
+    strict = {r.topic for r in Policy().rules(node)}
+    loose = {r.topic for r in Policy(actors_as_node=True).rules(node)}
+    assert not any("/jobs/" in t for t in strict)
+    assert {topics.JOB_PROGRESS.wildcard(ROOT), topics.FL_UP.wildcard(ROOT), topics.FL_CAST.wildcard(ROOT)} <= loose
+
+
+def test_the_provision_command_and_a_node_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tarfile
+
+    from typer.testing import CliRunner
+
+    from ember.cli.main import app
+
+    monkeypatch.setenv("EMBER_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    done = runner.invoke(app, ["provision", "--nodes", "2", "--operator", "alice", "--viewer", "bob"])
+    assert done.exit_code == 0, done.output
+    assert "devices-node-2" in done.output and "viewer" in done.output
+    archive = tmp_path / "out" / "node-3.tar.gz"
+    done = runner.invoke(app, ["provision", "node", "node-3", "--export", str(archive)])
+    assert done.exit_code == 0, done.output
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert {f"node-3/{f}" for f in ("identity.json", "devices.json", "ca.crt", "mldata.crt", "mldata.key", "node.env")} <= names
+    assert runner.invoke(app, ["provision", "--revoke", "node-3"]).exit_code == 0
+    refused = runner.invoke(app, ["provision", "--revoke", "node-3"])
+    assert refused.exit_code == 2 and "no principal named 'node-3'" in refused.output
+    assert runner.invoke(app, ["provision", "--operator", "job-x"]).exit_code == 2

@@ -31,6 +31,11 @@ def provision(
     viewer: list[str] = typer.Option([], "--viewer", help="A read-only CLI user (repeatable)."),
     broker_host: list[str] = typer.Option([], "--broker-host", help="A name or address clients reach the broker at (TLS)."),
     registry_host: list[str] = typer.Option([], "--registry-host", help="A name or address of the image registry (TLS)."),
+    actors_as_node: bool | None = typer.Option(
+        None,
+        "--actors-as-node/--per-job-actors",
+        help="Whether a node's identity may use every job's actor topics (actors without job credentials). Remembered.",
+    ),
     rotate: str = typer.Option(
         "", "--rotate", metavar="PRINCIPAL", help="New password (or key and certificate) for one principal."
     ),
@@ -51,7 +56,14 @@ def provision(
             report = p.revoke(home, revoke)
         else:
             names = [*node, *(f"node-{i}" for i in range(1, nodes + 1))]
-            report = p.provision(home, nodes=names, users=users, broker_hosts=broker_host, registry_hosts=registry_host)
+            report = p.provision(
+                home,
+                nodes=names,
+                users=users,
+                broker_hosts=broker_host,
+                registry_hosts=registry_host,
+                actors_as_node=actors_as_node,
+            )
     except (KeyError, ValueError) as exc:
         fail(str(exc.args[0]), 2)
     _print(home)

@@ -65,6 +65,9 @@ class Policy:
     fl_cast: topics.TopicTemplate = topics.FL_CAST
     fl_up: topics.TopicTemplate = topics.FL_UP
     data: topics.TopicTemplate = topics.DATA
+    actors_as_node: bool = False
+    """Transitional: actors connect with their node's identity (no per-job credentials yet), so a
+    node may also use every job's actor topics (`_actor_rules` with `job=+`). Off: least privilege."""
     everyone: tuple[Rule, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,32 +112,43 @@ class Policy:
                 if identity.name == "notifier":
                     own += [r("read", self.node_info), r("read", self.node_status), r("write", self.node_desired)]
                 return [r("read", self.event), *own]
+            case Kind.node if self.actors_as_node:
+                return [*self._node_rules(node), *self._actor_rules(Role.AGGREGATOR), *self._actor_rules(Role.LEARNER)]
             case Kind.node:
-                return [
-                    r("write", self.node_info, node=node), r("write", self.node_status, node=node),
-                    r("write", self.actor_state, node=node), r("write", self.actor_log, node=node),
-                    r("read", self.node_desired, node=node), r("read", self.data, node=node),
-                ]  # fmt: skip
+                return self._node_rules(node)
             case Kind.devices:
                 return [r("write", self.data, node=node)]
             case Kind.user if identity.role == UserRole.operator:
                 return [r("write", self.request), *self._reports("read")]
             case Kind.user:
                 return [*(r("write", self.request, action=a) for a in READ_ONLY_ACTIONS), *self._reports("read")]
-            case Kind.actor if identity.role == Role.AGGREGATOR:
-                job = identity.job
-                return [
-                    r("write", self.job_progress, job=job), r("write", self.fl_down, job=job),
-                    r("write", self.fl_cast, job=job), r("read", self.fl_up, job=job),
-                ]  # fmt: skip
             case Kind.actor:
-                job, actor = identity.job, identity.actor
-                return [
-                    r("write", self.fl_up, job=job, actor=actor),
-                    r("read", self.fl_down, job=job, actor=actor),
-                    r("read", self.fl_cast, job=job),
-                ]
+                return self._actor_rules(identity.role, job=identity.job, actor=identity.actor)
         return []
+
+    def _node_rules(self, node: str) -> list[Rule]:
+        r = self._rule
+        return [
+            r("write", self.node_info, node=node), r("write", self.node_status, node=node),
+            r("write", self.actor_state, node=node), r("write", self.actor_log, node=node),
+            r("read", self.node_desired, node=node), r("read", self.data, node=node),
+        ]  # fmt: skip
+
+    def _actor_rules(self, role: str, **fixed: str) -> list[Rule]:
+        """An aggregator writes its job's progress, down and cast topics and reads its learners'
+        up topics; a learner writes its own up topic and reads its down topic and the cast."""
+        r = self._rule
+        job, actor = fixed.get("job", "+"), fixed.get("actor", "+")
+        if role == Role.AGGREGATOR:
+            return [
+                r("write", self.job_progress, job=job), r("write", self.fl_down, job=job),
+                r("write", self.fl_cast, job=job), r("read", self.fl_up, job=job),
+            ]  # fmt: skip
+        return [
+            r("write", self.fl_up, job=job, actor=actor),
+            r("read", self.fl_down, job=job, actor=actor),
+            r("read", self.fl_cast, job=job),
+        ]
 
     def render(self, identities: Iterable[Identity]) -> str:
         """The Mosquitto ACL file for `identities`."""
@@ -147,3 +161,36 @@ class Policy:
             lines += ["", f"# {identity.kind}" + (f" {identity.role}" if identity.role else ""), f"user {identity.username}"]
             lines += [f"topic {rule.access} {rule.topic}" for rule in self.rules(identity)]
         return "\n".join(lines) + "\n"
+
+
+def examples() -> list[Identity]:
+    """One principal of each kind (for the table in docs/security.md and for tests)."""
+    return [
+        *(Identity(name=service, kind=Kind.service, password="-") for service in ("manager", "builder", "notifier")),
+        Identity(name="node-1", kind=Kind.node, node="node-1", password="-"),
+        Identity(name="devices-node-1", kind=Kind.devices, node="node-1", password="-"),
+        Identity(name="alice", kind=Kind.user, role=UserRole.operator.value, password="-"),
+        Identity(name="bob", kind=Kind.user, role=UserRole.viewer.value, password="-"),
+        Identity(
+            name="job-J-J-aggregator", kind=Kind.actor, job="J", actor="J-aggregator", role=Role.AGGREGATOR.value, password="-"
+        ),
+        Identity(name="job-J-J-learner-0", kind=Kind.actor, job="J", actor="J-learner-0", role=Role.LEARNER.value, password="-"),
+    ]
+
+
+def markdown(policy: Policy, identities: Iterable[Identity]) -> str:
+    """The ACL as a Markdown table, topics relative to the root: `python -m ember.security.acl`."""
+    rows = ["| principal | kind | may publish | may subscribe |", "|---|---|---|---|"]
+    cut = len(policy.root) + 1
+    for identity in identities:
+        rules = policy.rules(identity)
+        cells = ["<br>".join(f"`{r.topic[cut:]}`" for r in rules if want in r.access) or "-" for want in ("write", "read")]
+        kind = f"{identity.kind}" + (f" ({identity.role})" if identity.role else "")
+        rows.append(f"| {identity.name} | {kind} | {cells[0]} | {cells[1]} |")
+    everyone = ", ".join(f"`{r.topic[cut:]}`" for r in policy.everyone)
+    rows.append(f"| everyone | pattern | - | {everyone} (`%c`: the client's own id) |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(Policy(), examples()), end="")

@@ -65,9 +65,13 @@ def secure_broker(
     nodes: Iterable[str] = (),
     users: Mapping[str, UserRole] | None = None,
     topic_root: str | None = None,
+    actors_as_node: bool | None = None,
 ) -> SecuredBroker:
-    """Provision what is missing (idempotent) and return the secured config and the identities."""
-    provision(home, nodes=nodes, users=users, broker_hosts=[tls_host], topic_root=topic_root)
+    """Provision what is missing (idempotent) and return the secured config and the identities.
+
+    `actors_as_node=True` lets a node's identity use every job's actor topics: for actors that
+    inherit their flamelet's identity, until per-job credentials are handed to them."""
+    provision(home, nodes=nodes, users=users, broker_hosts=[tls_host], topic_root=topic_root, actors_as_node=actors_as_node)
     p = Pki(home)
     identities = {identity.name: p.bundle(identity.name) for identity in p.store.all()}
     return SecuredBroker(secure_config(plain_config, home, tls_port=tls_port, tls_host=tls_host), identities, p.ca.cert)

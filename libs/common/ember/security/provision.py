@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ember.events import Role
 from ember.security import pki
@@ -79,11 +80,17 @@ class Pki:
     def settings_file(self) -> Path:
         return self.folder / "provision.json"
 
-    def topic_root(self) -> str:
+    def settings(self) -> dict[str, Any]:
+        """What `provision` was told to remember: `topic_root` and `actors_as_node`."""
         try:
-            return str(json.loads(self.settings_file.read_text())["topic_root"])
-        except (OSError, ValueError, KeyError):
-            return DEFAULT_ROOT
+            return dict(json.loads(self.settings_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def policy(self) -> Policy:
+        """The ACL policy with the remembered settings."""
+        settings = self.settings()
+        return Policy(root=settings.get("topic_root", DEFAULT_ROOT), actors_as_node=bool(settings.get("actors_as_node", False)))
 
     def bundle(self, name: str) -> Path:
         return self.store.path(name)
@@ -128,7 +135,7 @@ def _ensure(p: Pki, report: Report, name: str, kind: Kind, **attrs: str) -> Iden
 def _write_broker_files(p: Pki, changed: Collection[str] = ()) -> None:
     identities = p.store.all()
     sync_password_file(p.password_file, identities, changed=changed)
-    pki.write_private(p.acl_file, Policy(root=p.topic_root()).render(identities).encode())
+    pki.write_private(p.acl_file, p.policy().render(identities).encode())
 
 
 def provision(
@@ -139,16 +146,22 @@ def provision(
     broker_hosts: Iterable[str] = (),
     registry_hosts: Iterable[str] = (),
     topic_root: str | None = None,
+    actors_as_node: bool | None = None,
 ) -> Report:
     """Add whatever is missing: CA, broker and registry certificates, the control-plane services,
-    each node in `nodes` (identity, device fleet, mldata certificate), each user with its role."""
+    each node in `nodes` (identity, device fleet, mldata certificate), each user with its role.
+
+    `topic_root` and `actors_as_node` (`ember.security.acl.Policy`) are remembered; None keeps the
+    remembered value."""
     p = Pki(home)
     report = Report()
     nodes = [check_name(node, "node") for node in nodes]
     users = {check_name(user, "user"): UserRole(role) for user, role in (users or {}).items()}
     with _locked(p):
-        if topic_root is not None or not p.settings_file.exists():
-            pki.write_private(p.settings_file, json.dumps({"topic_root": topic_root or p.topic_root()}).encode())
+        remembered = {"topic_root": DEFAULT_ROOT, "actors_as_node": False, **p.settings()}
+        changes = {"topic_root": topic_root, "actors_as_node": actors_as_node}
+        remembered.update({key: value for key, value in changes.items() if value is not None})
+        pki.write_private(p.settings_file, json.dumps(remembered).encode())
         if not p.ca.cert.exists():
             report.created.append("ca")
         pki.ensure_ca(p.folder)
