@@ -23,6 +23,7 @@ import pytest
 from ember import topics
 from ember.asyncapi import REQUESTS, build_document
 from ember.bus import Bus, Message
+from ember.errors import RequestTimeout
 from ember.security.acl import MUTATING_ACTIONS, READ_ONLY_ACTIONS, Policy, Rule, examples, markdown
 from ember.security.broker import secure_broker
 from ember.security.identities import UserRole
@@ -180,6 +181,26 @@ async def test_a_viewer_cannot_submit_or_cancel_but_may_read(broker: SecuredBrok
         await assert_dropped(broker, "bob", "alice", "manager", topics.REQUEST, action=action)
     # the same viewer's read-only request does reach the manager (the bob -> manager path works)
     await assert_dropped(broker, "node-1", "bob", "manager", topics.REQUEST, action=READ_ONLY_ACTIONS[0])
+
+
+async def test_requests_and_replies_work_under_the_acl(broker: SecuredBroker) -> None:
+    """A viewer's read-only request is answered by the manager on the viewer's own reply topic; a
+    viewer's submit never reaches the manager, so it times out."""
+    served: list[str] = []
+
+    async def answer(envelope):  # type: ignore[no-untyped-def]
+        served.append(envelope.type)
+        return {"jobs": []}
+
+    manager = broker.bus("manager")
+    manager.serve("jobs.list", answer)
+    manager.serve("jobs.submit", answer)
+    async with manager, broker.bus("bob") as viewer, broker.bus("alice") as operator:
+        assert await viewer.request("jobs.list", timeout=10) == {"jobs": []}
+        with pytest.raises(RequestTimeout):
+            await viewer.request("jobs.submit", {"spec": {}}, timeout=1)
+        assert await operator.request("jobs.submit", {"spec": {}}, timeout=10) == {"jobs": []}
+    assert served == ["request.jobs.list", "request.jobs.submit"]
 
 
 async def test_an_actor_writes_only_its_own_jobs_topics(broker: SecuredBroker) -> None:
