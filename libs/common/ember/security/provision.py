@@ -181,8 +181,10 @@ def provision(
 
 def _issue(p: Pki, report: Report, name: str, hosts: list[str], *, replace: bool = False) -> None:
     paths = p.server(name)
-    if replace or not paths.cert.exists():
-        report.rotated.append(name) if replace else report.created.append(name)
+    if replace:
+        report.rotated.append(name)
+    elif not paths.cert.exists():
+        report.created.append(name)
     elif not set(hosts) <= set(pki.hosts_of(paths.cert)):  # a new host name: reissue
         hosts, replace = [*pki.hosts_of(paths.cert), *hosts], True
         report.rotated.append(name)
@@ -247,8 +249,8 @@ def revoke_job_credential(home: Path, job: str, actor: str) -> bool:
 
 
 def reload_broker(pid: int) -> None:
-    """Make Mosquitto re-read its password file and ACL (connected clients keep their connection,
-    and from then on are allowed only what the new ACL grants them)."""
+    """Make Mosquitto re-read its password file and ACL: it disconnects a connected client whose
+    credentials no longer hold; the others are allowed only what the new ACL grants them."""
     os.kill(pid, signal.SIGHUP)
 
 
