@@ -64,7 +64,7 @@ def provision(
                 registry_hosts=registry_host,
                 actors_as_node=actors_as_node,
             )
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, RuntimeError) as exc:
         fail(str(exc.args[0]), 2)
     _print(home)
     for verb, names in (("created", report.created), ("rotated", report.rotated), ("revoked", report.revoked)):
@@ -101,7 +101,7 @@ def node_bundle(
     try:
         report = p.provision(home, nodes=[name])
         out = p.export_node(home, name, export)
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, RuntimeError) as exc:
         fail(str(exc.args[0]), 2)
     if report.created:
         console.print(f"created: {', '.join(report.created)} ({RELOAD_HINT})")
