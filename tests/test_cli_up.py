@@ -34,6 +34,12 @@ def test_ember_up_then_submit_probe_job_and_wait(tmp_path: Path) -> None:
         nodes = subprocess.run([*EMBER, "node", "list", "--json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert nodes.returncode == 0, nodes.stderr
         assert sorted(n["node"] for n in json.loads(nodes.stdout) if n["status"] == "online") == ["node-1", "node-2", "node-3"]
+        # authentication is on with no manual step: the same command without the home's identity is refused
+        url = json.loads((home / "broker.json").read_text())["url"]
+        stranger = dict(env, EMBER_HOME=str(tmp_path / "elsewhere"), EMBER_MQTT_URL=url)
+        refused = subprocess.run([*EMBER, "node", "list"], env=stranger, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 6, refused.stdout + refused.stderr
+        assert (home / "pki" / "mosquitto.acl").exists()
 
         submit = subprocess.run(
             [*EMBER, "job", "submit", "examples/probe/job.yaml", "--wait"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120

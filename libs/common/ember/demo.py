@@ -186,11 +186,11 @@ def report(console: Console, job: dict[str, Any], central: dict[str, float] | No
                   f"registered model: [bold]{model_name}[/] version [bold]{result.get('model_version') or '-'}[/]")
 
 
-async def run_job(url: str, spec: dict[str, Any], spec_dir: Path, console: Console, timeout: float) -> dict[str, Any]:
+async def run_job(stack: Any, spec: dict[str, Any], spec_dir: Path, console: Console, timeout: float) -> dict[str, Any]:
     from ember.bus import Bus
     from ember.cli.watch import follow_job
 
-    async with Bus(url, source="ember-demo") as bus:
+    async with Bus(stack.url, source="ember-demo", security=stack.security()) as bus:  # as the local operator
         reply = await bus.request("jobs.submit", {"spec": spec, "spec_dir": str(spec_dir)}, timeout=30)
         console.print(f"submitted [bold]{reply['job']}[/]")
         return await follow_job(bus, reply["job"], console, timeout=timeout)
@@ -215,7 +215,7 @@ def demo(args: argparse.Namespace, console: Console) -> int:
         console.print("centralized baseline on the same readings…")
         central = baseline(stack, example, spec, tag)
         console.rule(f"job {spec.get('name')}")
-        job = asyncio.run(run_job(stack.url, spec, example, console, args.timeout))
+        job = asyncio.run(run_job(stack, spec, example, console, args.timeout))
         result = job.setdefault("result", {}) or {}
         if job.get("state") == "succeeded" and not (result.get("mlflow_run_id") and result.get("model_version")):
             experiment = (spec.get("tracking") or {}).get("experiment") or spec["name"]

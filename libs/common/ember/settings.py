@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     mqtt_cert_file: str = ""
     """Client certificate sent over `mqtts://` (optional; with `mqtt_key_file`)."""
     mqtt_key_file: str = ""
+    insecure: bool = False
+    """`ember up` without authentication and ACL (anonymous clients may do anything): a private test only."""
     topic_root: str = "ember/v1"
     eventlog_url: str = ""
     """`sqlite:///path` or `mongodb://...`. Empty: SQLite file under the home folder."""
@@ -82,16 +84,29 @@ class Settings(BaseSettings):
     def broker_file(self) -> Path:
         return self.home / "broker.json"
 
+    def recorded_broker(self) -> dict[str, str]:
+        """What `ember up` recorded in `broker.json` (`url`, and `identity` when secured); {} if none."""
+        import json
+
+        try:
+            recorded = json.loads(self.broker_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
+
     def resolved_mqtt_url(self) -> str:
         """The explicit URL, else the broker `ember up` recorded, else localhost:1883."""
-        if self.mqtt_url:
-            return self.mqtt_url
-        try:
-            import json
+        return self.mqtt_url or self.recorded_broker().get("url") or DEFAULT_MQTT_URL
 
-            return json.loads(self.broker_file.read_text())["url"]
-        except (OSError, ValueError, KeyError):
-            return DEFAULT_MQTT_URL
+    def resolved_identity(self) -> str:
+        """The explicit identity bundle, else the operator bundle `ember up` recorded for the broker
+        this process talks to (none when a username is set explicitly)."""
+        if self.identity or self.mqtt_username:
+            return self.identity
+        recorded = self.recorded_broker()
+        if recorded.get("identity") and recorded.get("url") == self.resolved_mqtt_url():
+            return recorded["identity"]
+        return ""
 
     def resolved_eventlog_url(self) -> str:
         return self.eventlog_url or f"sqlite:///{self.home / 'events.sqlite3'}"

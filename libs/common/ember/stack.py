@@ -11,6 +11,13 @@ Process names: `mosquitto`, `manager`, `builder`, `notifier`, `node-1..N` (flame
 `node-i`) and `mldata-1..N` (the node's mldata). Every line a process prints goes to
 `$EMBER_HOME/logs/<name>.log` and, when `echo` is set, to `echo` prefixed by the name.
 
+Security is on by default (`secure`): on first start the stack provisions identities under
+`$EMBER_HOME/pki` (`ember.security`), runs Mosquitto with no anonymous access, the password file
+and the ACL generated from the topic map, and gives each process its own identity: `manager`,
+`builder`, `notifier`; `node-i` for `node-i` and `mldata-i`; the local operator (the login name)
+for the readiness check and, through `broker.json`, for every CLI command on this home.
+`secure=False` (`ember up --insecure`, `EMBER_INSECURE=1`) runs the broker open.
+
 Process handling itself (spawn, output, signals, groups) is `ember.processes.ProcessGroup`:
 blocking work, so this class is synchronous; `async with` runs start/stop in a worker thread.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import os
 import secrets
@@ -36,6 +44,7 @@ from ember.errors import EmberError, RequestTimeout, Unavailable
 from ember.settings import Settings
 from ember.broker import mosquitto_binary, mosquitto_config
 from ember.processes import Proc, ProcessGroup, free_port, wait_for_port
+from ember.security.mqtt import MqttSecurity
 
 SERVICES = ("manager", "builder", "notifier")
 
@@ -61,6 +70,8 @@ class Stack:
     mqtt_port: int = 0
     services: tuple[str, ...] = SERVICES
     """Control-plane services to start (all three by default)."""
+    secure: bool | None = None
+    """Authentication and the ACL on the private broker; None: on unless `EMBER_INSECURE` is set."""
     url: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +79,9 @@ class Stack:
         base = dict(os.environ if self.env is None else self.env)
         self.mqtt_url = self.mqtt_url or base.get("EMBER_MQTT_URL") or None
         self._base_env = base
+        if self.secure is None:
+            self.secure = not Settings.from_env(base).insecure
+        self._identities: dict[str, Path] = {}
         self._lock = threading.Lock()
         self._stopped = False
         self._owns_state = False
@@ -119,18 +133,21 @@ class Stack:
             self.url = self.mqtt_url
         else:
             self._start_broker()
-        self.broker_file.write_text(json.dumps({"url": self.url, "pid": os.getpid()}) + "\n")
+        recorded: dict[str, object] = {"url": self.url, "pid": os.getpid()}
+        if self._identities:
+            recorded["identity"] = str(self._identities[self.operator])
+        self.broker_file.write_text(json.dumps(recorded) + "\n")
         self._owns_state = True
         env = self._service_env()
         for name in self.services:
-            self.group.add(name, [sys.executable, "-m", f"ember.{name}"], env, group=1)
+            self.group.add(name, [sys.executable, "-m", f"ember.{name}"], self._as(env, name), group=1)
         mldata = {node: self._add_mldata(i, node, env) for i, node in enumerate(self.nodes, 1)} if self.mldata else {}
         for name in [*self.services, *(f"mldata-{i}" for i in range(1, len(mldata) + 1))]:
             self.group.spawn(self.procs[name])
         for node, (port, _) in mldata.items():
             self._wait_listening(f"mldata-{node.split('-')[1]}", port)
         for i, node in enumerate(self.nodes, 1):
-            fenv = dict(env, EMBER_NODE_ID=node)
+            fenv = self._as(dict(env, EMBER_NODE_ID=node), node)
             if node in mldata:
                 port, token = mldata[node]
                 fenv.update(
@@ -141,6 +158,45 @@ class Stack:
             self.group.spawn(self.group.add(f"node-{i}", [sys.executable, "-m", "ember.flamelet", "--node", node], fenv, group=3))
         self.wait_ready(ready_timeout)
         return self
+
+    # --- security (see the module doc) ----------------------------------------------------
+    @property
+    def operator(self) -> str:
+        """The local operator's principal: the login name when it is a valid user name, else `operator`."""
+        from ember.security.identities import check_name
+
+        try:
+            return check_name(getpass.getuser(), "user")
+        except (ValueError, OSError, KeyError):
+            return "operator"
+
+    def identity(self, principal: str) -> Path | None:
+        """The bundle of `principal` (`manager`, `node-1`, `devices-node-1`, the operator); None when insecure."""
+        return self._identities.get(principal)
+
+    def security(self, principal: str | None = None) -> MqttSecurity:
+        """How a client connects as `principal` (default: the operator); when the stack holds no
+        identities (insecure, or an external broker), as the environment says."""
+        bundle = self._identities.get(principal or self.operator)
+        return MqttSecurity.from_identity(bundle) if bundle else MqttSecurity.from_env(self._base_env)
+
+    def _as(self, env: dict[str, str], principal: str) -> dict[str, str]:
+        """`env` for a process that connects as `principal` (its own bundle, nothing inherited)."""
+        if not self._identities:
+            return env
+        env = {k: v for k, v in env.items() if k not in ("EMBER_MQTT_USERNAME", "EMBER_MQTT_PASSWORD")}
+        env["EMBER_IDENTITY"] = str(self._identities[principal])
+        return env
+
+    def _secure(self, plain_config: str) -> str:
+        from ember.security.broker import secure_broker
+        from ember.security.identities import UserRole
+
+        secured = secure_broker(
+            self.home, plain_config, nodes=self.nodes, users={self.operator: UserRole.operator}, actors_as_node=True
+        )
+        self._identities = dict(secured.identities)
+        return secured.config
 
     def node_data_dir(self, node: str) -> Path:
         return self.home / "nodes" / node / "data"
@@ -243,7 +299,8 @@ class Stack:
         (broker_dir / "data").mkdir(parents=True, exist_ok=True)
         self._broker_port = self.mqtt_port or free_port()
         conf = broker_dir / "mosquitto.conf"
-        conf.write_text(mosquitto_config(self._broker_port, broker_dir / "data"))
+        config = mosquitto_config(self._broker_port, broker_dir / "data")
+        conf.write_text(self._secure(config) if self.secure else config)
         try:
             binary = mosquitto_binary()
         except RuntimeError as exc:  # not installed: say what to install
@@ -262,7 +319,7 @@ class Stack:
             json.dump({"node": node, "url": f"grpc://127.0.0.1:{port}", "token": token, "data_dir": str(data_dir)}, fh)
         argv = [sys.executable, "-m", "ember.mldata", "--port", str(port), "--data-dir", str(data_dir), "--node", node]
         # the token travels in the environment: not visible in `ps`, and never parsed as an option
-        self.group.add(f"mldata-{index}", argv, dict(env, EMBER_NODE_ID=node, EMBER_MLDATA_TOKEN=token), group=2)
+        self.group.add(f"mldata-{index}", argv, self._as(dict(env, EMBER_NODE_ID=node, EMBER_MLDATA_TOKEN=token), node), group=2)
         return port, token
 
     async def _await_ready(self, timeout: float) -> None:
@@ -271,7 +328,7 @@ class Stack:
         async def on_status(_message: Message) -> None:
             wake.set()
 
-        bus = Bus(self.url, source="ember-stack")
+        bus = Bus(self.url, source="ember-stack", security=self.security())
         bus.subscribe(topics.NODE_STATUS, on_status)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

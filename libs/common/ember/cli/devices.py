@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from enum import StrEnum
+from pathlib import Path
 
 import typer
 
 from ember.cli.common import console, fail, settings
 from ember.errors import InvalidRequest, Unavailable
+from ember.security.mqtt import MqttSecurity
+from ember.settings import Settings
 
 app = typer.Typer(help="Edge devices (mock fleets for demos and tests).", no_args_is_help=True)
 
@@ -16,6 +19,17 @@ app = typer.Typer(help="Edge devices (mock fleets for demos and tests).", no_arg
 class Transport(StrEnum):
     mqtt = "mqtt"
     flight = "flight"
+
+
+def fleet_security(s: Settings, node: str, identity: Path | None) -> MqttSecurity:
+    """The device fleet of `node` publishes readings (the operator may not, under the ACL): the
+    given bundle, else the fleet's bundle provisioned in this home, else the environment's."""
+    from ember.security.identities import device_fleet
+
+    bundle = identity or s.home / "pki" / "identities" / f"{device_fleet(node)}.json"
+    if identity is not None or bundle.exists():
+        return MqttSecurity.from_identity(bundle)
+    return MqttSecurity.from_settings(s)
 
 
 @app.command()
@@ -30,6 +44,10 @@ def mock(
     mqtt_url: str | None = typer.Option(None, "--mqtt-url", help="Broker (default: the one `ember up` recorded, or EMBER_MQTT_URL)."),
     flight_url: str | None = typer.Option(None, "--flight-url", help="mldata Flight URL (default: the local stack's mldata of --node)."),
     token: str | None = typer.Option(None, "--token", envvar="EMBER_MLDATA_TOKEN", help="mldata token for --transport flight."),
+    identity: Path | None = typer.Option(
+        None, "--identity", envvar="EMBER_DEVICES_IDENTITY",
+        help="The device fleet's bundle (default: $EMBER_HOME/pki/identities/devices-NODE.json when provisioned).",
+    ),
 ) -> None:
     """Simulate DEVICES machines of NODE and send their readings under TAG; prints how many were accepted."""
     from ember.cli.data import local_nodes
@@ -56,6 +74,7 @@ def mock(
                 flight_url=flight_url or "grpc://127.0.0.1:8815",
                 token=token,
                 topic_root=s.topic_root,
+                security=fleet_security(s, node, identity),
             )
         )
     except ValueError as exc:

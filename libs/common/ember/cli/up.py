@@ -21,16 +21,23 @@ def up(
     mqtt_port: int = typer.Option(0, "--mqtt-port", min=0, max=65535, help="Port of the private Mosquitto (default: a free one)."),
     grace: float = typer.Option(10.0, "--grace", min=0, help="Seconds each process gets to stop on Ctrl-C/SIGTERM before SIGKILL."),
     no_mldata: bool = typer.Option(False, "--no-mldata", help="Do not start an mldata per node."),
+    insecure: bool = typer.Option(
+        False, "--insecure", envvar="EMBER_INSECURE",
+        help="Run the private broker without authentication and ACL (anyone on this machine may submit jobs).",
+    ),
 ) -> None:
     """Start a private Mosquitto, the manager, builder, notifier and N flamelets; Ctrl-C stops them in order.
 
     Other `ember` commands find this stack through `$EMBER_HOME/broker.json`, with no flags.
+    Authentication and the ACL are on: identities are provisioned under `$EMBER_HOME/pki` on first
+    start, and commands on this home connect as the local operator.
     """
     from ember.stack import Stack
 
     home = (home or ember_home()).expanduser().resolve()
     env = dict(os.environ, EMBER_HOME=str(home))
-    stack = Stack(home, flamelets=flamelets, mqtt_url=mqtt_url, env=env, echo=sys.stdout, grace=grace, mldata=not no_mldata, mqtt_port=mqtt_port)
+    stack = Stack(home, flamelets=flamelets, mqtt_url=mqtt_url, env=env, echo=sys.stdout, grace=grace, mldata=not no_mldata, mqtt_port=mqtt_port,
+                  secure=not insecure)
 
     def on_term(*_: object) -> None:
         raise KeyboardInterrupt

@@ -15,7 +15,8 @@ import pyarrow.flight as flight
 
 from ember.devices.publish import DEFAULT_TOPIC_ROOT, MqttPublisher, put_table
 from ember.devices.sensors import Fleet, readings_of
-from ember.settings import DEFAULT_MQTT_URL, parse_mqtt_url
+from ember.security.mqtt import MqttSecurity
+from ember.settings import DEFAULT_MQTT_URL, mqtt_url_uses_tls, parse_mqtt_url
 
 Transport = Literal["mqtt", "flight"]
 DEFAULT_FLIGHT_URL = "grpc://127.0.0.1:8815"
@@ -40,13 +41,15 @@ async def run_mock(
     flight_rows: int = 500_000,
     start_ts: int | None = None,
     topic_root: str = DEFAULT_TOPIC_ROOT,
+    security: MqttSecurity | None = None,
 ) -> int:
     """Simulate `devices` machines of node `node` and send their readings under data tag `tag`;
     returns the number of readings the broker (QoS 1 PUBACK) or Flight server accepted.
 
     CLI mapping (`ember devices mock`): `--devices N --rate R --duration S --tag T --node N
     --transport mqtt|flight --seed S --mqtt-url URL --flight-url URL --token T`; the rest are
-    tuning knobs with sensible defaults.
+    tuning knobs with sensible defaults. `security`: the MQTT credentials (the node's device
+    fleet under an ACL; default from the environment).
 
     - `rate` > 0: live mode. Each device produces `rate` readings/s for `duration` s of wall
       time, timestamps start now (`start_ts` overrides, int ns), and a reading is sent only
@@ -72,7 +75,7 @@ async def run_mock(
     fleet = Fleet(node, devices, duration, hz, seed, start_ts)
     if transport == "mqtt":
         ticks = max(1, min(batch_size, math.ceil(hz * flush_seconds))) if paced else batch_size
-        return await _run_mqtt(fleet, ticks, paced, tag, mqtt_url, max_in_flight, topic_root)
+        return await _run_mqtt(fleet, ticks, paced, tag, mqtt_url, max_in_flight, topic_root, security)
     if transport == "flight":
         ticks = math.ceil(hz * max(flush_seconds, 10.0)) if paced else max(1, flight_rows // devices)
         return await _run_flight(fleet, ticks, paced, tag, flight_url, token)
@@ -86,11 +89,14 @@ async def _pace(fleet: Fleet, t0: float) -> None:
         await asyncio.sleep(delay)
 
 
-async def _run_mqtt(fleet: Fleet, ticks: int, paced: bool, tag: str, url: str, max_in_flight: int, root: str) -> int:
+async def _run_mqtt(
+    fleet: Fleet, ticks: int, paced: bool, tag: str, url: str, max_in_flight: int, root: str, security: MqttSecurity | None
+) -> int:
     host, port = parse_mqtt_url(url)
     n_dev = len(fleet.devices)
     t0 = asyncio.get_running_loop().time()
-    async with MqttPublisher(host, port, tag, max_in_flight=max_in_flight, topic_root=root) as publisher:
+    tls = mqtt_url_uses_tls(url)
+    async with MqttPublisher(host, port, tag, max_in_flight=max_in_flight, topic_root=root, security=security, tls=tls) as publisher:
         for table in fleet.tables(ticks):
             if paced:
                 await _pace(fleet, t0)

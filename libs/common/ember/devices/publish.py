@@ -30,6 +30,7 @@ import pyarrow.flight as flight
 
 from ember import topics
 from ember.envelope import Envelope
+from ember.security.mqtt import MqttSecurity
 
 READINGS_TYPE = "SensorReadings"
 DEFAULT_TOPIC_ROOT = "ember/v1"
@@ -58,7 +59,11 @@ class MqttPublisher:
         topic_root: str = DEFAULT_TOPIC_ROOT,
         identifier: str | None = None,
         timeout: float = 30.0,
+        security: MqttSecurity | None = None,
+        tls: bool = False,
     ) -> None:
+        """`security`: the device fleet's credentials (default: from `EMBER_IDENTITY`/`EMBER_MQTT_*`);
+        `tls`: connect over TLS (an `mqtts://` URL)."""
         self.topic = topics.DATA.format(topic_root, tag=tag)
         self.tag = tag
         self.published = 0
@@ -73,6 +78,7 @@ class MqttPublisher:
             max_inflight_messages=max_in_flight,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             timeout=timeout,
+            **(security or MqttSecurity.from_env()).client_options(f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"),
         )
         self._client.pending_calls_threshold = max_in_flight + 1  # the bound is ours; no warnings
         self._stack = contextlib.AsyncExitStack()

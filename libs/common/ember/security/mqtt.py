@@ -40,8 +40,9 @@ class MqttSecurity:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MqttSecurity:
-        """Explicit `mqtt_*` settings win over the bundle named by `identity`."""
-        base = cls.from_identity(settings.identity) if settings.identity else cls()
+        """Explicit `mqtt_*` settings win over the bundle named by `identity` (or recorded by `ember up`)."""
+        identity = settings.resolved_identity()
+        base = cls.from_identity(identity) if identity else cls()
         return cls(
             username=settings.mqtt_username or base.username,
             password=settings.mqtt_password or base.password,
