@@ -119,7 +119,7 @@ def actor_reports(stack: Stack, job: str, *, count: int) -> dict[str, ActorRepor
                 if sum(r.state == "running" and r.pid is not None for r in seen.values()) >= count:
                     enough.set()
 
-        bus = Bus(stack.url)
+        bus = Bus(stack.url, security=stack.security())
         bus.subscribe(topics.ACTOR_STATE, on_state)
         async with bus:
             await asyncio.wait_for(enough.wait(), 30)
@@ -276,30 +276,33 @@ POISON_NODE = "n" * 201
 
 
 def test_malformed_payloads_on_every_subscribed_topic_are_dropped_and_counted(stack: Stack, cli, tmp_path: Path) -> None:
-    # topic -> (processes subscribed to it, text their drop log line carries)
+    # topic -> (the principal the ACL lets publish there, processes subscribed to it, text their drop log line carries)
+    operator = stack.operator
     targets = {
-        **{f"req/{a}": (["manager"], f"req/{a}") for a in ("jobs.submit", "jobs.cancel", "jobs.get", "jobs.list", "nodes.list")},
-        "events/job/JobSubmitted": (["manager", "builder", "notifier"], "events/job/JobSubmitted"),
-        "nodes/node-9/info": (["manager", "notifier"], "nodes/node-9/info"),
-        "nodes/node-9/status": (["manager", "notifier"], "nodes/node-9/status"),
-        "nodes/node-9/actors/a1/state": (["manager"], "nodes/node-9/actors/a1/state"),
-        "jobs/j1/progress": (["manager"], "jobs/j1/progress"),
-        "nodes/node-1/desired": (["node-1"], "nodes/node-1/desired"),
-        "data/junk": (["mldata-1", "mldata-2", "mldata-3"], '"tag": "junk"'),
-        f"nodes/{POISON_NODE}/status": (["manager", "notifier"], "(201 chars)"),
+        **{f"req/{a}": (operator, ["manager"], f"req/{a}") for a in ("jobs.submit", "jobs.cancel", "jobs.get", "jobs.list", "nodes.list")},
+        "events/job/JobSubmitted": ("manager", ["manager", "builder", "notifier"], "events/job/JobSubmitted"),
+        "nodes/node-3/info": ("node-3", ["manager", "notifier"], "nodes/node-3/info"),
+        "nodes/node-3/status": ("node-3", ["manager", "notifier"], "nodes/node-3/status"),
+        "nodes/node-3/actors/a1/state": ("node-3", ["manager"], "nodes/node-3/actors/a1/state"),
+        "jobs/j1/progress": ("node-3", ["manager"], "jobs/j1/progress"),
+        "nodes/node-1/desired": ("notifier", ["node-1"], "nodes/node-1/desired"),
+        "data/junk": ("devices-node-1", ["mldata-1", "mldata-2", "mldata-3"], '"tag": "junk"'),
     }
+    # A status under a 201-character node name: no identity may publish it (the ACL pins each
+    # node's name), so it is sent as the node-3 it would claim to be and must never arrive.
     poison = f"ember/v1/nodes/{POISON_NODE}/status"
 
     async def flood() -> None:
-        async with Bus(stack.url) as bus:
-            for topic in targets:
+        for topic, (principal, _, _) in targets.items():
+            async with Bus(stack.url, security=stack.security(principal)) as bus:
                 for payload in [*JUNK, MISSING_FIELDS]:
                     await bus.publish(f"ember/v1/{topic}", payload)
+        async with Bus(stack.url, security=stack.security("node-3")) as bus:
             status = bus.envelope("NodeStatus", {"node": POISON_NODE, "status": "online"})
             await bus.publish(poison, status, retain=True)
 
     async def clear_poison() -> None:
-        async with Bus(stack.url) as bus:
+        async with Bus(stack.url, security=stack.security("node-3")) as bus:
             await bus.publish(poison, b"", retain=True)
 
     asyncio.run(flood())
@@ -308,13 +311,13 @@ def test_malformed_payloads_on_every_subscribed_topic_are_dropped_and_counted(st
         lines = stack.log_path(process).read_text(errors="replace").splitlines()
         return any("dropped" in line and marker in line for line in lines)
 
-    for topic, (processes, marker) in targets.items():
+    for topic, (_, processes, marker) in targets.items():
         for process in processes:
             wait_until(lambda p=process, m=marker: drop_logged(p, m), timeout=10, message=f"{process} logged no drop for {topic}")
     assert stack.exited() == {}  # nobody died ...
     try:
         stack.restart("manager")  # a clean stop logs the manager's counters
-        stack.restart("notifier")  # the retained poison status is delivered again at start
+        stack.restart("notifier")  # a retained message would be delivered again at start
         stopped = [json.loads(line) for line in stack.log_path("manager").read_text().splitlines() if '"manager.stopped"' in line]
         assert stopped and stopped[-1].get("dropped_invalid", 0) >= 5 * 5, stopped[-1:]
         stack.wait_ready(60)
@@ -325,6 +328,8 @@ def test_malformed_payloads_on_every_subscribed_topic_are_dropped_and_counted(st
     job_id = re.search(r"(probe-after-junk-[0-9a-f]{8})", result.stdout).group(1)
     logs = cli("job", "logs", job_id)
     assert logs.exit_code == 0 and "probe:" in logs.stdout, logs.output
+    for process in ("manager", "notifier"):  # the broker refused the poison status: nobody ever saw it
+        assert "(201 chars)" not in stack.log_path(process).read_text(errors="replace")
 
 
 # --- data on the nodes ---------------------------------------------------------------------------
@@ -379,13 +384,15 @@ def test_watch_shows_actors_and_a_progress_bar_over_rounds(stack: Stack, cli, tm
     screen = io.StringIO()
 
     async def scenario() -> dict[str, Any]:
-        async with Bus(stack.url) as bus:
+        # rounds come from the job's aggregator: the ACL lets node identities write job progress
+        # (`actors_as_node`), the test's operator may not
+        async with Bus(stack.url, security=stack.security()) as bus, Bus(stack.url, security=stack.security("node-1")) as node:
             console = Console(file=screen, force_terminal=True, width=140, color_system=None)
             watching = asyncio.create_task(follow_job(bus, job_id, console, refresh=0.2))
             for n in (1, 2):
                 event = RoundCompleted(round=n, metrics={"loss": 1.0 / n, "accuracy": 0.4 * n}, duration_s=0.5)
-                envelope = bus.envelope("RoundCompleted", event.model_dump(mode="json"), subject=job_id)
-                await bus.publish(topics.JOB_PROGRESS.format(bus.root, job=job_id), envelope)
+                envelope = node.envelope("RoundCompleted", event.model_dump(mode="json"), subject=job_id)
+                await node.publish(topics.JOB_PROGRESS.format(bus.root, job=job_id), envelope)
             async def two_rounds() -> bool:
                 return len((await bus.request("jobs.get", {"job": job_id}))["rounds"]) >= 2
 

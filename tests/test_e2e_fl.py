@@ -100,7 +100,7 @@ def tracking_uri(stack: Stack) -> str:
 async def test_digits_succeeds_and_is_tracked_in_mlflow(stack: Stack, digits: Partition) -> None:
     spec = load_spec_file(DIGITS / "job.yaml")
     rounds = spec["training"]["rounds"]
-    async with Bus(stack.url, source="test") as bus:
+    async with Bus(stack.url, source="test", security=stack.security()) as bus:
         job = await wait_job(bus, await submit(bus, spec, DIGITS))
     assert job["state"] == "succeeded", job["reason"]
     assert [r["round"] for r in job["rounds"]] == list(range(1, rounds + 1))
@@ -143,7 +143,7 @@ async def test_digits_succeeds_and_is_tracked_in_mlflow(stack: Stack, digits: Pa
     ],
 )
 async def test_invalid_strategy_is_refused_at_submit_naming_the_field(stack: Stack, training: dict[str, Any], field: str) -> None:
-    async with Bus(stack.url, source="test") as bus:
+    async with Bus(stack.url, source="test", security=stack.security()) as bus:
         with pytest.raises(InvalidJobSpec) as refused:
             await submit(bus, digits_spec(**training), DIGITS)
         jobs = await bus.request("jobs.list", {}, timeout=10)
@@ -153,7 +153,7 @@ async def test_invalid_strategy_is_refused_at_submit_naming_the_field(stack: Sta
 
 async def test_flower_app_runs_on_ember_unchanged(stack: Stack) -> None:
     result_file = stack.home / "flower-app-result.json"
-    async with Bus(stack.url, source="test") as bus:
+    async with Bus(stack.url, source="test", security=stack.security()) as bus:
         job = await wait_job(bus, await submit(bus, load_spec_file(FLOWER_APP / "job.yaml"), FLOWER_APP))
     assert job["state"] == "succeeded", job["reason"]
     # what the user's own ServerApp computed and wrote: FedAvg over 3 partitions, 10 rounds
@@ -196,7 +196,7 @@ async def test_learner_killed_mid_job(stack: Stack, digits: Partition, minimum: 
     rounds = 100  # ~30 ms each here: seconds of running job to kill a learner in, even on a fast machine
     spec = digits_spec(rounds=rounds, round_timeout=30)
     spec["learners"] = {"count": 3, "min": minimum}
-    async with Bus(stack.url, source="test") as bus:
+    async with Bus(stack.url, source="test", security=stack.security()) as bus:
         job_id = await submit(bus, spec, DIGITS)
         pids = await learner_pids(bus, job_id)
         progressed = await assert_eventually(lambda: rounds_done(bus, job_id), timeout=90, interval=0.01)
