@@ -73,8 +73,8 @@ class Observer:
         last = self.last(actor)
         return last if last is not None and last.state.terminal else None
 
-    async def desire(self, revision: int, *actors: ActorSpec) -> None:
-        state = DesiredState(node=self.node, revision=revision, actors=list(actors))
+    async def desire(self, revision: int, *actors: ActorSpec, epoch: str = "") -> None:
+        state = DesiredState(node=self.node, revision=revision, epoch=epoch, actors=list(actors))
         envelope = self.bus.envelope("DesiredState", state.model_dump(mode="json"))
         await self.bus.publish(topics.NODE_DESIRED.format(ROOT, node=self.node), envelope, retain=True)
 
@@ -111,6 +111,22 @@ async def test_runs_desired_actors_and_reports_exit_codes_and_log_tail(observer,
         await observer.desire(2, probe("ok", 0.2), probe("bad", 0.2, 3), probe("fresh", 0.1))
         await assert_eventually(lambda: observer.ended("fresh"))
         assert "stale" not in observer.reports and observer.states("ok").count("running") <= 2
+
+
+async def test_a_forged_revision_far_ahead_holds_the_node_only_until_the_notifier_publishes(observer, mqtt_broker, tmp_path):
+    async with Flamelet(flamelet_settings(mqtt_broker, tmp_path)):
+        await observer.desire(10**12, probe("forged", 600), epoch="forged")
+        await assert_eventually(lambda: observer.states("forged")[-1:] == ["running"])
+        # the notifier's next state (its own run, a much lower revision) wins and stops the forged actor
+        await observer.desire(43, probe("real", 0.1), epoch="notifier-run")
+        await assert_eventually(lambda: observer.ended("real"))
+        forged = await assert_eventually(lambda: observer.ended("forged"))
+        assert "no longer desired" in forged.reason
+        # within one run, revisions still order: an older one is ignored
+        await observer.desire(42, probe("stale", 0.1), epoch="notifier-run")
+        await observer.desire(44, probe("real", 0.1), probe("fresh", 0.1), epoch="notifier-run")
+        await assert_eventually(lambda: observer.ended("fresh"))
+        assert "stale" not in observer.reports
 
 
 async def test_actor_no_longer_desired_is_stopped_within_5s(observer, mqtt_broker, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 from ember import topics
 from ember.bus import Bus
+from ember.envelope import Envelope
 from ember.errors import Conflict, InvalidJobSpec, InvalidRequest, NotFound
 from ember.eventlog import open_eventlog
 from ember.events import (
@@ -76,6 +77,11 @@ async def report(client: Bus, job: str, actor: str, state: ActorState, exit_code
     await client.publish(topic, client.envelope("ActorReport", data.model_dump(mode="json")), retain=True)
 
 
+def from_aggregator(job: str, type_: str, payload: RoundCompleted | JobResult) -> Envelope:
+    """A progress envelope as the job's aggregator sends it (its actor id is the source)."""
+    return Envelope(type=type_, source=f"{job}-agg", subject=job, data=payload.model_dump(mode="json"))
+
+
 async def state_of(client: Bus, job: str, state: str) -> dict:
     async def check():
         summary = await client.request("jobs.get", {"job": job})
@@ -127,9 +133,9 @@ async def test_success_path_from_reports(manager, client, eventlog):
     await report(client, job, "l1", ActorState.RUNNING)
     await state_of(client, job, "running")
     progress = RoundCompleted(round=1, metrics={"accuracy": 0.9}, learners=[f"{job}-l0", f"{job}-l1"])
-    await client.publish(topics.JOB_PROGRESS.format(ROOT, job=job), client.envelope("RoundCompleted", progress.model_dump(mode="json")))
+    await client.publish(topics.JOB_PROGRESS.format(ROOT, job=job), from_aggregator(job, "RoundCompleted", progress))
     result = JobResult(metrics={"accuracy": 0.91}, mlflow_run_id="run-1", model_version="3")
-    await client.publish(topics.JOB_PROGRESS.format(ROOT, job=job), client.envelope("JobResult", result.model_dump(mode="json")))
+    await client.publish(topics.JOB_PROGRESS.format(ROOT, job=job), from_aggregator(job, "JobResult", result))
     await assert_eventually(lambda: eventlog.get(fact_id(job, "result")), message="the aggregator's result never reached the log")
     for actor in ("l0", "l1", "agg"):
         await report(client, job, actor, ActorState.EXITED, exit_code=0)
@@ -158,7 +164,7 @@ async def test_a_result_reported_after_the_exit_still_reaches_the_job(manager, c
         await report(client, job, actor, ActorState.EXITED, exit_code=0)
     await state_of(client, job, "succeeded")
     result = JobResult(metrics={"loss": 0.1}, mlflow_run_id="run-2", model_version="1")
-    await client.publish(topics.JOB_PROGRESS.format(ROOT, job=job), client.envelope("JobResult", result.model_dump(mode="json")))
+    await client.publish(topics.JOB_PROGRESS.format(ROOT, job=job), from_aggregator(job, "JobResult", result))
 
     async def tracked():
         summary = await client.request("jobs.get", {"job": job})
@@ -171,10 +177,11 @@ async def test_a_result_reported_after_the_exit_still_reaches_the_job(manager, c
 
 async def test_rounds_recorded_once_and_get_can_ask_for_the_latest_only(manager, client, eventlog):
     job = (await client.request("jobs.submit", {"spec": SPEC}))["job"]
+    await simulate_build_and_placement(client, eventlog, job)
     topic = topics.JOB_PROGRESS.format(ROOT, job=job)
     for number in (1, 2, 2, 3):  # round 2 re-sent (a reconnecting aggregator): recorded once
         progress = RoundCompleted(round=number, metrics={"accuracy": 0.5 + number / 10}, learners=[f"{job}-l0"])
-        await client.publish(topic, client.envelope("RoundCompleted", progress.model_dump(mode="json")))
+        await client.publish(topic, from_aggregator(job, "RoundCompleted", progress))
 
     async def three_rounds():
         summary = await client.request("jobs.get", {"job": job})
@@ -207,6 +214,47 @@ async def test_failing_learner_fails_the_job_with_its_log_tail(manager, client, 
     assert "1 learners left, minimum 2" in reason
     assert "ValueError: sensor table is empty" in reason
     assert [t["state"] for t in summary["transitions"]][-2:] == ["running", "failed"]
+
+
+async def test_reports_not_from_the_placed_node_or_the_aggregator_are_not_recorded(manager, client, eventlog):
+    """Issue 13, attack 4: a forged exit of the aggregator from another node, and a forged result
+    and round from another client, leave the job as it was."""
+    job = (await client.request("jobs.submit", {"spec": SPEC}))["job"]
+    await simulate_build_and_placement(client, eventlog, job)
+    for actor in ("agg", "l0", "l1"):
+        await report(client, job, actor, ActorState.RUNNING)
+    await state_of(client, job, "running")
+    handled = manager.bus.stats["handled"]
+    forged = ActorReport(actor=f"{job}-agg", job=job, node="n2", role=Role.AGGREGATOR, state=ActorState.EXITED, exit_code=0)
+    topic = topics.ACTOR_STATE.format(ROOT, node="n2", actor=f"{job}-agg")  # n2's own topic: the ACL lets n2 publish it
+    await client.publish(topic, client.envelope("ActorReport", forged.model_dump(mode="json")))
+    progress = topics.JOB_PROGRESS.format(ROOT, job=job)
+    fake = JobResult(metrics={"accuracy": 1.0}, mlflow_run_id="evil", model_version="666")
+    await client.publish(progress, Envelope(type="JobResult", source=f"{job}-l0", data=fake.model_dump(mode="json")))
+    await client.publish(progress, client.envelope("RoundCompleted", RoundCompleted(round=1, metrics={"accuracy": 1.0}).model_dump(mode="json")))
+    # a control message from the real aggregator
+    await client.publish(progress, from_aggregator(job, "RoundCompleted", RoundCompleted(round=2, metrics={"accuracy": 0.5})))
+    await assert_eventually(lambda: eventlog.get(fact_id(job, "round", 2)), message="the aggregator's round never reached the log")
+    await assert_eventually(lambda: manager.bus.stats["handled"] >= handled + 4)  # every forgery handled (and skipped)
+    summary = await client.request("jobs.get", {"job": job})
+    assert summary["state"] == "running" and summary["result"].get("mlflow_run_id") is None
+    assert [r["round"] for r in summary["rounds"]] == [2]
+    assert await eventlog.get(fact_id(job, "result")) is None
+
+
+async def test_a_deployment_without_answer_fails_after_the_deploy_timeout(mqtt_broker, ember_home, client, eventlog):
+    settings = ManagerSettings.from_env(
+        {"EMBER_HOME": str(ember_home), "EMBER_MQTT_URL": mqtt_broker.url, "EMBER_MANAGER_DEPLOY_TIMEOUT": "1", "EMBER_MANAGER_RESYNC": "0.2"}
+    )
+    async with ManagerService(settings):
+        job = (await client.request("jobs.submit", {"spec": SPEC}))["job"]
+        await simulate_build_and_placement(client, eventlog, job)
+        await report(client, job, "agg", ActorState.RUNNING)
+        await report(client, job, "l0", ActorState.STARTING)  # n2 never answers for l1
+        summary = await state_of(client, job, "failed")
+    assert summary["reason"].startswith("deployment timed out after 1s")
+    assert f"{job}-l0 on n1 (starting)" in summary["reason"] and f"{job}-l1 on n2 (pending)" in summary["reason"]
+    assert f"{job}-agg" not in summary["reason"]
 
 
 async def test_cancel_and_unknown_reports_are_dropped(manager, client, eventlog):

@@ -17,6 +17,7 @@ import pytest
 
 from ember import topics
 from ember.bus import Bus
+from ember.envelope import Envelope
 from ember.errors import RequestTimeout
 from ember.eventlog import open_eventlog
 from ember.events import ActorState, RoundCompleted
@@ -66,7 +67,7 @@ async def test_kill_9_mid_job_then_restart_finishes_the_job_exactly_once(mqtt_br
                 # The job goes on while the manager is dead.
                 await report(client, job, "l1", ActorState.RUNNING)
                 progress = RoundCompleted(round=1, metrics={"loss": 0.5})
-                await client.publish(topics.JOB_PROGRESS.format(ROOT, job=job), client.envelope("RoundCompleted", progress.model_dump(mode="json")))
+                await client.publish(topics.JOB_PROGRESS.format(ROOT, job=job), Envelope(type="RoundCompleted", source=f"{job}-agg", data=progress.model_dump(mode="json")))
                 for actor in ("l0", "l1", "agg"):
                     await report(client, job, actor, ActorState.EXITED, exit_code=0)
 

@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ember.envelope import Envelope, new_id, utcnow
+
+
+NODE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+NodeName = Annotated[str, StringConstraints(pattern=NODE_NAME_PATTERN)]
+"""A node's name: 1-63 letters, digits, '.', '_' or '-' (a DNS label; no control characters)."""
 
 
 class JobState(StrEnum):
@@ -113,7 +118,7 @@ class BuildFailed(Event):
 class Placement(_Model):
     actor: str
     role: Role
-    node: str
+    node: NodeName
     index: int = 0
 
 
@@ -125,7 +130,7 @@ class ActorsPlaced(Event):
 
 class ActorStateChanged(Event):
     actor: str
-    node: str
+    node: NodeName
     role: Role
     state: ActorState
     exit_code: int | None = None
@@ -176,13 +181,13 @@ class JobCancelled(Event):
 
 class NodeJoined(Event):
     aggregate: ClassVar[str] = "node"
-    node: str
+    node: NodeName
     info: dict[str, Any] = Field(default_factory=dict)
 
 
 class NodeLost(Event):
     aggregate: ClassVar[str] = "node"
-    node: str
+    node: NodeName
     reason: str = "offline"
 
 
@@ -215,20 +220,22 @@ def event_streams(*, aggregate: str | None = None, without: Collection[str] = ()
 
 
 class NodeInfo(_Model):
-    node: str
-    cpus: int
-    memory_mb: int
-    capabilities: list[Role] = Field(default_factory=lambda: [Role.AGGREGATOR, Role.LEARNER])
-    runtimes: list[str] = Field(default_factory=lambda: ["process"])
-    data: dict[str, int] = Field(default_factory=dict)
+    node: NodeName
+    cpus: int = Field(ge=0, le=1 << 20)
+    memory_mb: int = Field(ge=0, le=1 << 40)
+    capabilities: list[Role] = Field(default_factory=lambda: [Role.AGGREGATOR, Role.LEARNER], max_length=8)
+    runtimes: list[Annotated[str, StringConstraints(max_length=32)]] = Field(default_factory=lambda: ["process"], max_length=8)
+    data: dict[Annotated[str, StringConstraints(max_length=100)], Annotated[int, Field(ge=0, le=1 << 62)]] = Field(
+        default_factory=dict, max_length=10_000
+    )
     """Data tags held by the node's mldata -> row count."""
-    mldata_url: str = ""
+    mldata_url: str = Field(default="", max_length=2048)
     started: datetime = Field(default_factory=utcnow)
 
 
 class NodeStatus(_Model):
-    node: str
-    status: str  # online | offline
+    node: NodeName
+    status: Annotated[str, StringConstraints(max_length=16)]  # online | offline
     since: datetime = Field(default_factory=utcnow)
 
 
@@ -247,9 +254,14 @@ class ActorSpec(_Model):
 
 
 class DesiredState(_Model):
-    node: str
+    node: NodeName
     revision: int
-    """Monotonic (the event-log sequence the state was computed from); older revisions are ignored."""
+    """The event-log sequence the state was computed from: monotonic within one `epoch`, where an
+    older revision is ignored."""
+    epoch: str = Field(default="", max_length=64)
+    """The publishing notifier's run (random at each start). A flamelet orders revisions only
+    within one epoch and takes the first state of another epoch as it comes, so a revision far
+    ahead (a stale or forged state) holds a node only until the notifier publishes again."""
     actors: list[ActorSpec] = Field(default_factory=list)
 
 
@@ -258,7 +270,7 @@ class ActorReport(_Model):
 
     actor: str
     job: str
-    node: str
+    node: NodeName
     role: Role
     state: ActorState
     exit_code: int | None = None

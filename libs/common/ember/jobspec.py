@@ -16,16 +16,30 @@ resources: {cpus: 1, memory_mb: 1024}
 tracking: {experiment: sensor-anomaly, model_name: sensor-anomaly}
 runtime: process
 ```
+
+Every field is bounded (numbers, string lengths, list sizes; floats are finite), and the same
+models validate at submit (manager), at build (builder), at placement (notifier) and at run
+(actors, the probe): what the manager accepts runs.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ember.errors import InvalidJobSpec
 
@@ -33,19 +47,28 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 REF_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
+MAX_SECONDS = 7 * 24 * 3600.0
+"""The longest duration a spec may ask for (probe run time, round timeout): a week."""
+MAX_STRING = 4096
+
+Text = Annotated[str, StringConstraints(max_length=MAX_STRING, pattern=r"^[^\x00-\x1f\x7f]*$")]
+"""A string without control characters, at most MAX_STRING characters."""
+Label = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=MAX_STRING)
 
 
 class CodeSpec(_Spec):
-    path: str | None = None
-    git: str | None = None
-    ref: str = "HEAD"
+    path: Text | None = None
+    git: Text | None = None
+    ref: Label = "HEAD"
     entrypoint: str | None = None
     """`module:Class` of a `ember.sdk.ModelManager` subclass."""
     serverapp: str | None = None
     clientapp: str | None = None
-    requirements: list[str] | str = Field(default_factory=list)
+    requirements: Annotated[list[Text], Field(max_length=500)] | Label = Field(default_factory=list)
 
     @field_validator("entrypoint", "serverapp", "clientapp")
     @classmethod
@@ -66,20 +89,20 @@ class CodeSpec(_Spec):
 
 
 class DataSpec(_Spec):
-    tags: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list, max_length=100)
 
     @field_validator("tags")
     @classmethod
     def _tags(cls, tags: list[str]) -> list[str]:
         for tag in tags:
-            if not re.match(r"^[A-Za-z0-9_.-]{1,100}$", tag):
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", tag):
                 raise ValueError(f"invalid tag {tag!r} (letters, digits, '_', '.', '-')")
         return tags
 
 
 class LearnerSpec(_Spec):
     count: int = Field(3, ge=1, le=1000)
-    min: int | None = Field(None, ge=1)
+    min: int | None = Field(None, ge=1, le=1000)
     """Minimum learners to start a round and to keep the job alive (default: count)."""
 
     @model_validator(mode="after")
@@ -95,15 +118,16 @@ class LearnerSpec(_Spec):
 
 class TrainingSpec(_Spec):
     rounds: int = Field(3, ge=1, le=100_000)
-    strategy: str = "FedAvg"
-    strategy_params: dict[str, Any] = Field(default_factory=dict)
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(0.01, gt=0)
+    strategy: Label = "FedAvg"
+    strategy_params: dict[Label, Any] = Field(default_factory=dict, max_length=64)
+    local_epochs: int = Field(1, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1, le=10_000_000)
+    learning_rate: float = Field(0.01, gt=0, le=1e6)
     fraction_train: float = Field(1.0, gt=0, le=1)
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
-    round_timeout: float = Field(120.0, gt=0)
-    seed: int = 0
+    round_timeout: float = Field(120.0, gt=0, le=MAX_SECONDS)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    """numpy's seed range."""
 
     @field_validator("strategy")
     @classmethod
@@ -118,28 +142,36 @@ class TrainingSpec(_Spec):
     def _params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         from ember.fl.strategies import validate_strategy
 
+        for key, value in params.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{key}: must be a finite number")
+            if isinstance(value, int) and not -(2**53) <= value <= 2**53:
+                raise ValueError(f"{key}: out of range (at most 2**53 in magnitude)")
+            if isinstance(value, str) and len(value) > 200:
+                raise ValueError(f"{key}: at most 200 characters")
         if "strategy" in info.data:  # an unknown strategy is reported on its own field
             validate_strategy(info.data["strategy"], params)
         return params
 
 
 class ResourceSpec(_Spec):
-    cpus: float = Field(1.0, gt=0)
-    memory_mb: int = Field(1024, ge=16)
+    cpus: float = Field(1.0, gt=0, le=4096)
+    memory_mb: int = Field(1024, ge=16, le=1 << 30)
 
 
 class TrackingSpec(_Spec):
-    experiment: str | None = None
-    model_name: str | None = None
+    experiment: Label | None = None
+    model_name: Label | None = None
 
 
 class ProbeSpec(_Spec):
     """Probe actors (`ember.actors.probe`) instead of ML code: run for `seconds`, exit with a code."""
 
-    seconds: float = Field(1.0, ge=0)
-    exit_code: int = 0
-    aggregator_seconds: float | None = None
-    failing_learner: int | None = Field(None, ge=0)
+    seconds: float = Field(1.0, ge=0, le=MAX_SECONDS)
+    exit_code: int = Field(0, ge=0, le=255)
+    """A process exit status."""
+    aggregator_seconds: float | None = Field(None, ge=0, le=MAX_SECONDS)
+    failing_learner: int | None = Field(None, ge=0, le=999)
     """Index of one learner that exits with `exit_code` (others exit 0); None: all use it."""
 
 

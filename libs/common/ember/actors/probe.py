@@ -27,7 +27,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ember.actors.probe", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="how long to run before exiting (default 1)")
     parser.add_argument("--exit-code", type=int, default=0, help="exit code at the end (default 0)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    from pydantic import ValidationError
+
+    from ember.jobspec import ProbeSpec, field_errors
+
+    try:  # the bounds the manager checked at submit
+        ProbeSpec(seconds=args.seconds, exit_code=args.exit_code)
+    except ValidationError as exc:
+        parser.error("; ".join(f"{e['field']}: {e['reason']}" for e in field_errors(exc)))
+    return args
 
 
 def _say(message: str) -> None:

@@ -64,14 +64,14 @@ class Identity(BaseModel):
     @field_validator("node", "job", "actor")
     @classmethod
     def _name(cls, value: str) -> str:
-        if value and not NAME.match(value):
+        if value and not NAME.fullmatch(value):
             raise ValueError(f"{value!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return value
 
     @field_validator("name")
     @classmethod
     def _principal(cls, value: str) -> str:
-        if not PRINCIPAL.match(value):
+        if not PRINCIPAL.fullmatch(value):
             raise ValueError(f"invalid principal name {value!r}")
         return value
 
@@ -86,7 +86,7 @@ RESERVED_PREFIXES = ("job-", "devices-")
 def check_name(name: str, what: str) -> str:
     """`name` if it may name a node or a user: a short name, not a service's, not one of the
     prefixes of derived principals (device fleets, job actors)."""
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ValueError(f"{what} {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
     if name in SERVICES or name.startswith(RESERVED_PREFIXES):
         raise ValueError(
@@ -114,7 +114,7 @@ class IdentityStore:
         self.folder = folder
 
     def path(self, name: str) -> Path:
-        if not PRINCIPAL.match(name):
+        if not PRINCIPAL.fullmatch(name):
             raise ValueError(f"invalid principal name {name!r}")
         return self.folder / f"{name}.json"
 

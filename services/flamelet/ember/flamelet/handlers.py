@@ -30,8 +30,10 @@ def desired_handler(supervisor: Supervisor):
             desired = parse_desired(message, supervisor.node)
         applied = await supervisor.apply(desired)
         if applied:
-            log.info("flamelet.desired_applied", node=supervisor.node, revision=desired.revision, actors=len(desired.actors))
+            log.info("flamelet.desired_applied", node=supervisor.node, revision=desired.revision, epoch=desired.epoch,
+                     actors=len(desired.actors))
         else:
-            log.info("flamelet.desired_stale", node=supervisor.node, revision=desired.revision, applied=supervisor.revision)
+            log.info("flamelet.desired_stale", node=supervisor.node, revision=desired.revision, epoch=desired.epoch,
+                     applied=supervisor.revision)
 
     return on_desired

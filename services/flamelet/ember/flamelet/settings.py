@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from ember.events import Role
+from ember.events import NODE_NAME_PATTERN, Role
 from ember.settings import Settings
 
 
@@ -31,6 +32,14 @@ class FlameletSettings(Settings):
     """The node's mldata folder (`EMBER_MLDATA_DATA_DIR`); its `_summary.json` lists the data tags."""
     mldata_url: str = ""
     """Where learners on this node reach mldata (announced in the node info)."""
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        if value and not re.fullmatch(NODE_NAME_PATTERN, value):
+            shown = value[:40] + ("..." if len(value) > 40 else "")
+            raise ValueError(f"node name {shown!r} ({len(value)} chars): use 1-63 letters, digits, '.', '_' or '-'")
+        return value
 
     @field_validator("flamelet_capabilities", mode="before")
     @classmethod

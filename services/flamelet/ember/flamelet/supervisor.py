@@ -2,7 +2,9 @@
 
 Level-triggered and idempotent: `apply(desired)` starts every desired actor this node has not
 started yet, stops every actor that is no longer desired, and ignores a revision older than
-the last one applied. Actors run once: an actor that ended stays ended while it is desired.
+the last one applied from the same notifier run (`DesiredState.epoch`); a state of another
+epoch is applied as it comes, so no revision, however far ahead, holds the node past the
+notifier's next publish. Actors run once: an actor that ended stays ended while it is desired.
 Each actor has one watcher task that reports `starting -> running -> exited | failed`
 (retained) and streams new log lines. Nothing here knows about MQTT: reports and log lines go
 through the two callables the app passes in.
@@ -59,6 +61,7 @@ class Supervisor:
         self.runtime = runtime
         self.actors: dict[str, Managed] = {}
         self.revision = -1
+        self.epoch = ""
         self.grace = grace
         self.log_interval = log_interval
         self._publish_report = publish_report
@@ -88,9 +91,9 @@ class Supervisor:
     # --- reconcile ---------------------------------------------------------------------------
     async def apply(self, desired: DesiredState) -> bool:
         """Reconcile with `desired`; False (and nothing done) when its revision is stale."""
-        if desired.revision < self.revision or self._closing:
+        if self._closing or (desired.epoch == self.epoch and desired.revision < self.revision):
             return False
-        self.revision = desired.revision
+        self.revision, self.epoch = desired.revision, desired.epoch
         wanted = {spec.actor: spec for spec in desired.actors}
         assert self._tg is not None, "bind() the supervisor before applying a desired state"
         for actor, spec in wanted.items():

@@ -40,7 +40,13 @@ class ManagerService(Service):
         settings = self.settings
         self.eventlog = open_eventlog(settings.resolved_eventlog_url())
         self.bus = service_bus(settings, settings.manager_client_id, "manager")
-        self.manager = Manager(self.eventlog, self.bus, tail_lines=settings.manager_log_tail_lines, resync=settings.manager_resync)
+        self.manager = Manager(
+            self.eventlog,
+            self.bus,
+            tail_lines=settings.manager_log_tail_lines,
+            resync=settings.manager_resync,
+            deploy_timeout=settings.manager_deploy_timeout,
+        )
         register(self.bus, self.manager, self.gate)
         await self.manager.catch_up()
         await self.bus.start()

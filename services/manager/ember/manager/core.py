@@ -7,6 +7,7 @@ strings or payload decoding: `handlers.py` does that; `app.py` wires and runs it
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from ember.actions import SubmitJob
@@ -26,10 +27,13 @@ log = get_logger("ember.manager")
 class Manager:
     """Request answers, report recording and the reconcile pass, over one log and one bus."""
 
-    def __init__(self, eventlog: EventLog, bus: Bus, *, tail_lines: int = 20, resync: float = 2.0) -> None:
+    def __init__(
+        self, eventlog: EventLog, bus: Bus, *, tail_lines: int = 20, resync: float = 2.0, deploy_timeout: float = 300.0
+    ) -> None:
         self.eventlog = eventlog
         self.bus = bus
         self.tail_lines = tail_lines
+        self.deploy_timeout = deploy_timeout
         self.nodes = NodeTable()
         self.follower = LogFollower(eventlog, bus, self.reconcile, name="manager", resync_every=resync)
 
@@ -94,12 +98,12 @@ class Manager:
         event_id, event = decision
         await self.append(event_id, report.job, event)
 
-    async def record_progress(self, job_id: str, report: RoundCompleted | JobResult) -> None:
+    async def record_progress(self, job_id: str, report: RoundCompleted | JobResult, source: str) -> None:
         """A round the aggregator finished (`{job}:round:{n}`), or its final result (`{job}:result`)."""
-        decision = reports.progress_event(report, self.projection.jobs.get(job_id), job_id)
+        decision = reports.progress_event(report, self.projection.jobs.get(job_id), job_id, source)
         if isinstance(decision, reports.Skip):
             await self.catch_up()
-            decision = reports.progress_event(report, self.projection.jobs.get(job_id), job_id)
+            decision = reports.progress_event(report, self.projection.jobs.get(job_id), job_id, source)
         if isinstance(decision, reports.Skip):
             log.info("progress.dropped", job=job_id, round=getattr(report, "round", None), reason=decision.reason)
             return
@@ -122,7 +126,8 @@ class Manager:
         for job in list(projection.jobs.values()):
             if job.state.terminal:
                 continue
-            for event_id, event in decide.decide(job, tail_lines=self.tail_lines):
+            now = datetime.now(UTC)
+            for event_id, event in decide.decide(job, tail_lines=self.tail_lines, now=now, deploy_timeout=self.deploy_timeout):
                 await self.append(event_id, job.id, event)
 
 

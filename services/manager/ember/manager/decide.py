@@ -11,9 +11,13 @@ stale view is harmless: the log ignores an id it already holds, and a job has on
 - aggregator `failed`/`lost` -> `failed`, with its log tail.
 - learners of the current generation that are not failed/lost < `learners.min` -> `failed`,
   naming the failed learner, its exit code and its log tail.
+- `deploying` for longer than `deploy_timeout` seconds -> `failed`, naming every actor that has
+  not reached `running`, its node and its last state (a node that never answers, or is gone).
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from pydantic import ValidationError
 
@@ -56,8 +60,20 @@ def with_tail(reason: str, actor: ActorView, lines: int) -> str:
     return f"{reason}\n--- log tail of {actor.actor} ---\n{excerpt}" if excerpt else reason
 
 
-def decide(job: JobView, *, tail_lines: int = 20) -> list[Decision]:
-    """Transitions the manager owes `job` now, in the order they must be appended."""
+def deploy_overdue(job: JobView, actors: list[ActorView], now: datetime, timeout: float) -> str | None:
+    """The JobFailed reason when `job` has been deploying for more than `timeout` seconds."""
+    if job.state != JobState.DEPLOYING or not job.transitions or job.transitions[-1].state != JobState.DEPLOYING:
+        return None
+    waited = (now - job.transitions[-1].time).total_seconds()
+    if waited <= timeout:
+        return None
+    late = [f"{a.actor} on {a.node} ({a.state.value})" for a in actors if a.state not in REACHED_RUNNING]
+    return f"deployment timed out after {timeout:g}s: no running report from " + ", ".join(late)
+
+
+def decide(job: JobView, *, tail_lines: int = 20, now: datetime | None = None, deploy_timeout: float | None = None) -> list[Decision]:
+    """Transitions the manager owes `job` now, in the order they must be appended (`now` and
+    `deploy_timeout`: fail a deployment that has waited too long)."""
     if job.state not in (JobState.DEPLOYING, JobState.RUNNING) or job.generation == 0:
         return []
     actors = job.current_actors()
@@ -88,4 +104,8 @@ def decide(job: JobView, *, tail_lines: int = 20) -> list[Decision]:
         return [(terminal, JobFailed(reason=with_tail(reason, first, tail_lines)))]
     if job.state == JobState.DEPLOYING and all(a.state in REACHED_RUNNING for a in actors):
         return [(running_id, JobRunning(reason=f"all {len(actors)} actors running"))]
+    if now is not None and deploy_timeout is not None:
+        overdue = deploy_overdue(job, actors, now, deploy_timeout)
+        if overdue is not None:
+            return [(terminal, JobFailed(reason=overdue))]
     return []

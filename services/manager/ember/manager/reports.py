@@ -11,7 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ember.envelope import Envelope
-from ember.events import ActorReport, ActorState, ActorStateChanged, Event, JobResult, ResultReported, RoundCompleted, fact_id
+from ember.events import (
+    ActorReport,
+    ActorState,
+    ActorStateChanged,
+    Event,
+    JobResult,
+    ResultReported,
+    Role,
+    RoundCompleted,
+    fact_id,
+)
 from ember.projection import JobView
 
 ORDER = {
@@ -44,7 +54,9 @@ def parse_actor_report(envelope: Envelope, params: dict[str, str]) -> ActorRepor
 
 
 def actor_event(report: ActorReport, job: JobView | None) -> tuple[str, ActorStateChanged] | Skip:
-    """`{job}:{actor}:{state}` -> ActorStateChanged, or Skip for unknown / stale reports."""
+    """`{job}:{actor}:{state}` -> ActorStateChanged, or Skip for unknown / stale reports and for a
+    report from a node the actor is not placed on (the topic's node, which the broker's ACL
+    pins to the publishing node's identity, must be the placement's)."""
     if job is None:
         return Skip(f"unknown job {report.job}")
     actor = job.actors.get(report.actor)
@@ -75,11 +87,19 @@ def parse_progress(envelope: Envelope) -> RoundCompleted | JobResult:
     raise ValueError(f"expected a RoundCompleted or JobResult envelope on a progress topic, got {envelope.type!r}")
 
 
-def progress_event(report: RoundCompleted | JobResult, job: JobView | None, job_id: str) -> tuple[str, Event] | Skip:
+def progress_event(report: RoundCompleted | JobResult, job: JobView | None, job_id: str, source: str) -> tuple[str, Event] | Skip:
     """For a known job: a round as `{job}:round:{n}`, the final result as `{job}:result` (its
-    metrics, MLflow run and model version)."""
+    metrics, MLflow run and model version).
+
+    Only the job's aggregator reports progress: the envelope's `source` must name one of the job's
+    aggregator actors (any generation). The broker's ACL is what makes `source` trustworthy: only
+    the job's aggregator credential may publish on `jobs/{job}/progress`."""
     if job is None:
         return Skip(f"unknown job {job_id}")
+    aggregators = {a.actor for a in job.actors.values() if a.role == Role.AGGREGATOR}
+    if source not in aggregators:
+        placed = ", ".join(sorted(aggregators)) or "none placed yet"
+        return Skip(f"progress from {source[:80]!r}, not from the job's aggregator ({placed})")
     if not isinstance(report, RoundCompleted):
         return fact_id(job_id, "result"), ResultReported(**report.model_dump())
     if report.round < 1:

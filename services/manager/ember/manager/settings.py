@@ -18,3 +18,6 @@ class ManagerSettings(Settings):
     """Seconds in-flight requests get to finish on SIGTERM."""
     manager_log_tail_lines: int = Field(default=20, ge=1)
     """Lines of a failing actor's log quoted in a JobFailed reason."""
+    manager_deploy_timeout: float = Field(default=300.0, gt=0)
+    """Seconds a job may stay `deploying` (its actors placed, not all running) before it fails
+    with a reason naming the actors that never reported running."""

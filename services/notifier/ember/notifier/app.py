@@ -14,6 +14,7 @@ same view from the log and the retained node topics and appends nothing twice.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +52,8 @@ class Notifier(Service):
         self.bus = service_bus(settings, settings.notifier_client_id, SOURCE)
         self.follower: LogFollower | None = None
         self.published: dict[str, list[dict]] = {}
+        self.epoch = secrets.token_hex(8)
+        """This run's desired-state epoch (`DesiredState.epoch`); a restart republishes every node."""
         """node -> the actor list last published on its desired topic."""
         self.env = ActorEnv(
             mqtt_url=settings.actor_mqtt_url or settings.resolved_mqtt_url(),
@@ -145,7 +148,7 @@ class Notifier(Service):
         limit = asyncio.Semaphore(PUBLISH_IN_FLIGHT)  # bounded, not thousands of publishes at once
 
         async def publish(node: str, actors: list, dumped: list[dict]) -> None:
-            state = DesiredState(node=node, revision=projection.last_seq, actors=actors)
+            state = DesiredState(node=node, revision=projection.last_seq, epoch=self.epoch, actors=actors)
             envelope = self.bus.envelope("DesiredState", state.model_dump(mode="json"), subject=node)
             async with limit:
                 try:
