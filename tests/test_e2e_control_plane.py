@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from ember import topics
 from ember.bus import Bus, Message
+from ember.envelope import Envelope
 from ember.cli.main import app
 from ember.eventlog import open_eventlog
 from ember.events import ActorReport
@@ -391,7 +392,8 @@ def test_watch_shows_actors_and_a_progress_bar_over_rounds(stack: Stack, cli, tm
             watching = asyncio.create_task(follow_job(bus, job_id, console, refresh=0.2))
             for n in (1, 2):
                 event = RoundCompleted(round=n, metrics={"loss": 1.0 / n, "accuracy": 0.4 * n}, duration_s=0.5)
-                envelope = node.envelope("RoundCompleted", event.model_dump(mode="json"), subject=job_id)
+                # as the job's aggregator sends it: the manager records progress only from the aggregator
+                envelope = Envelope(type="RoundCompleted", source=f"{job_id}-aggregator", subject=job_id, data=event.model_dump(mode="json"))
                 await node.publish(topics.JOB_PROGRESS.format(bus.root, job=job_id), envelope)
             async def two_rounds() -> bool:
                 return len((await bus.request("jobs.get", {"job": job_id}))["rounds"]) >= 2
