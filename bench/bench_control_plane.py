@@ -101,7 +101,7 @@ async def _submit_runs(url: str, runs: int) -> dict[str, Any]:
 
 
 def bench_submit(runs: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="ember-bench-") as home, Stack(Path(home), flamelets=3, mldata=False) as stack:
+    with tempfile.TemporaryDirectory(prefix="ember-bench-") as home, Stack(Path(home), flamelets=3, mldata=False, secure=False) as stack:
         return asyncio.run(_submit_runs(stack.url, runs))
 
 
@@ -260,7 +260,7 @@ async def _bus_fanout(url: str, names: list[str], receipts: dict[str, dict[str, 
 
 
 def bench_fanout(nodes: int, trials: int, connections: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="ember-bench-") as home, Stack(Path(home), flamelets=0, mldata=False) as stack:
+    with tempfile.TemporaryDirectory(prefix="ember-bench-") as home, Stack(Path(home), flamelets=0, mldata=False, secure=False) as stack:
         return asyncio.run(_fanout(stack.url, nodes, trials, connections))
 
 
