@@ -199,12 +199,19 @@ async def test_kill_9_and_restart_places_nothing_twice(cluster, mqtt_broker, tmp
         await cluster.submit("crash-1", probe_spec())
         await assert_eventually(lambda: cluster.events("ActorsPlaced", "crash-1"), timeout=20)
         await assert_eventually(lambda: sum(len(cluster.actors(n)) for n in ("n1", "n2", "n3")) == 4)
+        first_run = {cluster.desired[n].epoch for n in ("n1", "n2", "n3")}
+        assert len(first_run) == 1 and "" not in first_run  # one epoch per notifier run
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         await cluster.submit("crash-2", probe_spec())  # arrives while the notifier is down
         proc = start_notifier(mqtt_broker, tmp_path)
         await assert_eventually(lambda: cluster.events("ActorsPlaced", "crash-2"), timeout=20)
         await assert_eventually(lambda: sum(len(cluster.actors(n)) for n in ("n1", "n2", "n3")) == 8)
+        # the restarted notifier republished every node under its own epoch (flamelets take it as it comes)
+        def second_run() -> set[str]:
+            return {cluster.desired[n].epoch for n in ("n1", "n2", "n3")}
+
+        await assert_eventually(lambda: len(second_run()) == 1 and second_run() != first_run)
         # a restart rebuilt its view from the log: one placement per job, no duplicate ids
         await cluster.submit("crash-3", probe_spec())
         await assert_eventually(lambda: cluster.events("ActorsPlaced", "crash-3"), timeout=20)

@@ -33,7 +33,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from ember.jobspec import ProbeSpec, field_errors
 
     try:  # the bounds the manager checked at submit
-        ProbeSpec(seconds=args.seconds, exit_code=args.exit_code)
+        ProbeSpec.model_validate({"seconds": args.seconds, "exit_code": args.exit_code})
     except ValidationError as exc:
         parser.error("; ".join(f"{e['field']}: {e['reason']}" for e in field_errors(exc)))
     return args
