@@ -64,3 +64,22 @@ def test_ember_up_then_submit_probe_job_and_wait(tmp_path: Path) -> None:
 
     # ordered shutdown: every flamelet (and so every actor) before the control-plane services
     assert last('"flamelet.stopped"') < min(last('"manager.stopped"'), last('"notifier.stopped"'))
+
+
+def test_an_insecure_stack_lets_an_anonymous_client_in(tmp_path: Path) -> None:
+    """`ember up --insecure` (`Stack(secure=False)`): no identities, an anonymous client is served."""
+    import asyncio
+
+    from ember.bus import Bus
+    from ember.security.mqtt import MqttSecurity
+    from ember.stack import Stack
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBER_")} | {"EMBER_HOME": str(tmp_path)}
+    with Stack(tmp_path, flamelets=0, mldata=False, env=env, secure=False) as stack:
+        assert stack.identity("manager") is None and not (tmp_path / "pki").exists()
+
+        async def ask() -> object:
+            async with Bus(stack.url, security=MqttSecurity()) as bus:
+                return await bus.request("nodes.list", {}, timeout=10)
+
+        assert asyncio.run(ask()) == []

@@ -362,6 +362,11 @@ def test_data_push_ls_drop_and_mock_devices_reach_the_nodes_mldata(stack: Stack,
         return nodes["node-3"]["info"]["data"].get("cli-push") == 100
 
     wait_until(announced, timeout=15, interval=0.3, message="node-3 never announced its data tag")
+    # over MQTT the mock publishes as node-1's device fleet (the ACL refuses readings from the operator)
+    mqtt = cli("devices", "mock", "--node", "node-1", "--transport", "mqtt", "--rate", "0", "--duration", "1",
+               "--devices", "1", "--tag", "cli-mqtt")
+    assert mqtt.exit_code == 0, mqtt.output
+    wait_until(lambda: ("node-1", "cli-mqtt") in tags(), timeout=30, interval=0.3, message="node-1's mldata never stored the MQTT readings")
     assert cli("data", "drop", "--tag", "cli-push", "--node", "node-3").exit_code == 0
     assert ("node-3", "cli-push") not in tags()
 
