@@ -101,3 +101,14 @@ def test_node_info_numbers_are_bounded() -> None:
         with pytest.raises(ValidationError):
             NodeInfo.model_validate({"node": "node-1", "cpus": 1, "memory_mb": 1, **bad})
     assert NodeInfo.model_validate({"node": "node-1", "cpus": 64, "memory_mb": 1 << 20}).node == "node-1"
+
+
+@pytest.mark.parametrize("bad", ["a/b", "x" * 129, "job\n", "#", ""])
+def test_job_and_actor_ids_in_node_payloads_are_topic_safe(bad: str) -> None:
+    report = {"actor": "a", "job": "j", "node": "node-1", "role": "learner", "state": "running"}
+    for field in ("actor", "job"):
+        with pytest.raises(ValidationError):
+            ActorReport.model_validate({**report, field: bad})
+    spec = {"actor": bad, "job": "j", "role": "learner", "module": "m", "artifact": {"key": "k"}}
+    with pytest.raises(ValidationError):
+        DesiredState.model_validate({"node": "node-1", "revision": 1, "actors": [spec]})

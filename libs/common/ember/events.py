@@ -16,11 +16,14 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ember.envelope import Envelope, new_id, utcnow
+from ember.topics import PARAM_PATTERN
 
 
 NODE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 NodeName = Annotated[str, StringConstraints(pattern=NODE_NAME_PATTERN)]
 """A node's name: 1-63 letters, digits, '.', '_' or '-' (a DNS label; no control characters)."""
+Id = Annotated[str, StringConstraints(pattern=PARAM_PATTERN)]
+"""A job or actor id: what may stand in one topic level (`ember.topics.PARAM_PATTERN`)."""
 
 
 class JobState(StrEnum):
@@ -116,7 +119,7 @@ class BuildFailed(Event):
 
 
 class Placement(_Model):
-    actor: str
+    actor: Id
     role: Role
     node: NodeName
     index: int = 0
@@ -129,7 +132,7 @@ class ActorsPlaced(Event):
 
 
 class ActorStateChanged(Event):
-    actor: str
+    actor: Id
     node: NodeName
     role: Role
     state: ActorState
@@ -242,8 +245,8 @@ class NodeStatus(_Model):
 class ActorSpec(_Model):
     """One actor a node should run: everything a flamelet needs to start it."""
 
-    actor: str
-    job: str
+    actor: Id
+    job: Id
     role: Role
     runtime: str = "process"
     module: str
@@ -255,31 +258,31 @@ class ActorSpec(_Model):
 
 class DesiredState(_Model):
     node: NodeName
-    revision: int
+    revision: int = Field(ge=-1, le=2**63 - 1)
     """The event-log sequence the state was computed from: monotonic within one `epoch`, where an
     older revision is ignored."""
     epoch: str = Field(default="", max_length=64)
     """The publishing notifier's run (random at each start). A flamelet orders revisions only
     within one epoch and takes the first state of another epoch as it comes, so a revision far
     ahead (a stale or forged state) holds a node only until the notifier publishes again."""
-    actors: list[ActorSpec] = Field(default_factory=list)
+    actors: list[ActorSpec] = Field(default_factory=list, max_length=10_000)
 
 
 class ActorReport(_Model):
     """Published (retained) by a flamelet on `nodes/{node}/actors/{actor}/state`."""
 
-    actor: str
-    job: str
+    actor: Id
+    job: Id
     node: NodeName
     role: Role
     state: ActorState
-    exit_code: int | None = None
+    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31)
     reason: str = ""
     log_tail: str = ""
-    pid: int | None = None
+    pid: int | None = Field(default=None, ge=0, le=2**31)
 
 
 class ActorLogLines(_Model):
-    actor: str
-    job: str
+    actor: Id
+    job: Id
     lines: list[str]
