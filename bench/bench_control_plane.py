@@ -7,6 +7,7 @@
 
 1. submit -> all actors running: real stack (3 flamelets, probe job), from sending `jobs.submit` to
    receiving the job's `JobRunning` event; the first (cold build) run is reported apart; goal median <= 1 s.
+   `--secure`: with authentication and the ACL on (the stack's default; the others run it open).
 2. manager event append + publish (`ember.follower.append_and_publish`) on SQLite with a real
    Mosquitto, until a subscriber in another process (`mosquitto_sub`) has received every event;
    goal >= 2,000 events/s.
@@ -37,6 +38,7 @@ from ember.bus import NODELAY, Bus, Message
 from ember.eventlog import open_eventlog
 from ember.events import JobRunning, NodeInfo, NodeStatus, Role
 from ember.follower import append_and_publish
+from ember.security.mqtt import MqttSecurity
 from ember.settings import parse_mqtt_url
 from ember.stack import Stack
 from ember.testing import private_broker
@@ -82,9 +84,9 @@ class JobEvents:
 # --- 1. submit -> all actors running -------------------------------------------------------------
 
 
-async def _submit_runs(url: str, runs: int) -> dict[str, Any]:
+async def _submit_runs(url: str, runs: int, security: MqttSecurity | None = None) -> dict[str, Any]:
     spec = {"name": "bench-probe", "learners": {"count": 3}, "probe": {"seconds": 30}, "runtime": "process"}
-    async with Bus(url) as bus:
+    async with Bus(url, security=security) as bus:
         events = JobEvents(bus)
         await asyncio.sleep(0.2)  # let the events subscription settle before the first submit
         times: list[float] = []
@@ -100,9 +102,10 @@ async def _submit_runs(url: str, runs: int) -> dict[str, Any]:
             "p90_s": round(pct(warm, 90), 3), "min_s": round(min(warm), 3), "max_s": round(max(warm), 3)}
 
 
-def bench_submit(runs: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="ember-bench-") as home, Stack(Path(home), flamelets=3, mldata=False, secure=False) as stack:
-        return asyncio.run(_submit_runs(stack.url, runs))
+def bench_submit(runs: int, secure: bool = False) -> dict[str, Any]:
+    """`secure`: the stack with authentication and the ACL on, the benchmark as the local operator."""
+    with tempfile.TemporaryDirectory(prefix="ember-bench-") as home, Stack(Path(home), flamelets=3, mldata=False, secure=secure) as stack:
+        return asyncio.run(_submit_runs(stack.url, runs, stack.security() if secure else MqttSecurity()))
 
 
 # --- 2. event append + publish throughput ---------------------------------------------------------
@@ -268,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=["submit", "append", "fanout"], action="append")
     parser.add_argument("--runs", type=int, default=10, help="submit: measured runs after one cold run")
+    parser.add_argument("--secure", action="store_true", help="submit: authentication and the ACL on (ember up's default)")
     parser.add_argument("--events", type=int, default=5000, help="append: events per concurrency level")
     parser.add_argument("--nodes", type=int, default=500, help="fanout: simulated flamelets")
     parser.add_argument("--trials", type=int, default=10, help="fanout: placements measured after one warm-up")
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.only or ["submit", "append", "fanout"]
     results: dict[str, Any] = {}
     if "submit" in chosen:
-        results["submit_to_running"] = bench_submit(args.runs)
+        results["submit_to_running"] = bench_submit(args.runs, args.secure)
         print(json.dumps({"submit_to_running": results["submit_to_running"]}), flush=True)
     if "append" in chosen:
         results["append_publish"] = bench_append(args.events)
