@@ -260,9 +260,9 @@ def _extract(data: bytes, dest: Path, max_bytes: int) -> int:
             name = _safe_name(member.name)
             target = os.path.join(root, name)
             parent = os.path.dirname(target)
-            os.makedirs(parent, exist_ok=True)
-            if not _inside(os.path.realpath(parent), root):
+            if not _inside(os.path.realpath(parent), root):  # before creating anything along it
                 raise BundleError(f"unsafe bundle entry {name!r}: written through a link out of the folder")
+            os.makedirs(parent, exist_ok=True)
             if member.isdir():
                 os.makedirs(target, exist_ok=True)
             elif member.issym():
