@@ -75,6 +75,8 @@ def submit(
         async with connect() as bus:
             if bundle is not None:
                 await publish_bundle(bus, bundle)
+                if not as_json:
+                    console.print(f"code: {bundle.files} files, {len(bundle.data) / 1024:.1f} KiB packed, {bundle.digest[:19]}…")
             reply = await call(bus, "jobs.submit", data, timeout=timeout)
             if not wait:
                 return reply
