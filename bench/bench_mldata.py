@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from ember.devices.publish import readings_envelope
 from ember.devices.sensors import generate_table, readings_of
-from ember.mldata.client import MldataClient, load_table
+from ember.data.client import MldataClient, load_table
 from ember.testing import free_port, private_broker, wait_for_port, wait_until
 
 TOKEN = "bench-token"

@@ -52,3 +52,16 @@ def test_demo_exits_nonzero_when_the_job_fails(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout[-3000:]
     assert "failed" in done.stdout.splitlines()[-1]
     assert not (tmp_path / "demo" / "broker.json").exists()
+
+
+def test_demo_says_which_example_it_needs_before_starting_anything(tmp_path: Path) -> None:
+    empty = tmp_path / "examples"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBER_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "ember.demo", "--home", str(tmp_path / "demo")],
+        env=dict(env, EMBER_EXAMPLES=str(empty)), capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"{empty / 'sensor-anomaly'} has no job.yaml" in done.stderr
+    assert not (tmp_path / "demo").exists()  # no stack was started

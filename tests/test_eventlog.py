@@ -58,13 +58,6 @@ async def test_read_by_subject_and_get(eventlog):
     assert [e.id for e in await eventlog.read(limit=2)] == ["ev-1", "ev-2"]
 
 
-async def test_checkpoints_only_move_forward(eventlog):
-    assert await eventlog.get_checkpoint("notifier") == 0
-    await eventlog.set_checkpoint("notifier", 7)
-    await eventlog.set_checkpoint("notifier", 3)
-    assert await eventlog.get_checkpoint("notifier") == 7
-
-
 async def test_concurrent_appends_lose_nothing(eventlog):
     await asyncio.gather(*(eventlog.append(event(i)) for i in range(200)))
     events = await eventlog.read()

@@ -14,7 +14,7 @@ from ember.bus import Bus
 from ember.fl import flwr_compat as compat
 from ember.fl.clientapp import learner_context
 from ember.fl.grid import MqttGrid, node_id_for
-from ember.fl.learner import learner_bus
+from ember.fl.endpoint import learner_bus
 from ember.fl.serde import CHUNK_BYTES, Frame, Reassembler, chunk_message, decode_frame, pack_cast, signal, unpack_cast
 from ember.testing import assert_eventually
 
@@ -153,7 +153,7 @@ async def test_learner_answers_apps_on_the_loop_or_in_a_thread_as_they_need(mqtt
     import threading
     import time
 
-    from ember.fl.learner import INLINE_MAX_S
+    from ember.fl.endpoint import INLINE_MAX_S
 
     app, seen = ClientApp(), {"train": [], "evaluate": [], "query": []}
 

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ember.errors import InvalidRequest
-from ember.mldata.auth import bearer_headers
-from ember.mldata.client import MldataClient, load_table
-from ember.mldata.errors import InvalidTag, NoDataError, SchemaMismatch
+from ember.data.auth import bearer_headers
+from ember.data.client import MldataClient, load_table
+from ember.data.errors import InvalidTag, NoDataError, SchemaMismatch
 from ember.mldata.names import PARTITION_RE, TMP_PREFIX
 from ember.mldata.server import MldataFlightServer
 from ember.mldata.store import PartitionStore

@@ -16,7 +16,7 @@ from ember.devices.publish import MqttPublisher, readings_envelope
 from ember.devices.sensors import generate_table, readings_of
 from ember.envelope import Envelope
 from ember.mldata.app import MldataService
-from ember.mldata.client import MldataClient, load_table
+from ember.data.client import MldataClient, load_table
 from ember.mldata.ingest import Ingestor, readings_table
 from ember.mldata.settings import MldataSettings
 from ember.mldata.store import PartitionStore

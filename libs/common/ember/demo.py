@@ -5,10 +5,14 @@
 2. runs seeded mock devices on each node (`ember.devices.mock.run_mock`, different machines and
    fault rates per node) that send their readings to the node's own mldata, until every node
    holds enough readings under the data tag `sensors`;
-3. submits `examples/sensor-anomaly/job.yaml` and shows the job live (the CLI's watch view);
+3. submits the sensor-anomaly example's `job.yaml` and shows the job live (the CLI's watch view);
 4. prints the final federated metrics next to a centralized baseline (the same model trained on
    all nodes' readings pooled, read back from the nodes' mldata), the MLflow run id and the
    registered model version.
+
+The example folder is `--example DIR`, else `$EMBER_EXAMPLES/sensor-anomaly`, else
+`examples/sensor-anomaly` of the source checkout this module runs from (an installed Ember has
+none: pass one of the two).
 
 Exit status: 0 when the job succeeded, 1 when it failed (or the demo itself failed), 130 on
 Ctrl-C. The stack is always shut down in order before exiting.
@@ -32,7 +36,9 @@ from rich.console import Console
 from rich.table import Table
 
 MARKER = ".ember-demo-home"
-EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "sensor-anomaly"
+EXAMPLE = "sensor-anomaly"
+CHECKOUT_EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+"""`examples/` beside `libs/common/ember/demo.py` in a source checkout (absent once installed)."""
 TAG = "sensors"
 DEVICES = 4
 SECONDS = 1800
@@ -44,12 +50,32 @@ BASE_SEED = 11
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ember.demo", description="Run Ember's demo: sensor fault detection, federated over 3 nodes.")
     parser.add_argument("--home", type=Path, default=Path(".ember-demo"), help="Ember home for the demo stack (wiped first)")
-    parser.add_argument("--example", type=Path, default=EXAMPLE, help="example folder with job.yaml (default: examples/sensor-anomaly)")
+    parser.add_argument("--example", type=Path, default=None,
+                        help="example folder with job.yaml (default: $EMBER_EXAMPLES/sensor-anomaly, else the checkout's examples/sensor-anomaly)")
     parser.add_argument("--seconds", type=int, default=SECONDS, help="seconds of readings each device sends")
     parser.add_argument("--devices", type=int, default=DEVICES, help="mock devices per node")
     parser.add_argument("--timeout", type=float, default=240.0, help="give up on the job after this many seconds")
     parser.add_argument("--verbose", action="store_true", help="echo every service's log lines")
     return parser.parse_args(argv)
+
+
+def find_example(given: Path | None, env: dict[str, str] | None = None) -> Path:
+    """The example folder to run (see the module doc); SystemExit saying what to pass if none."""
+    env = dict(os.environ) if env is None else env
+    if given is not None:
+        folder = given
+    elif env.get("EMBER_EXAMPLES"):
+        folder = Path(env["EMBER_EXAMPLES"]).expanduser() / EXAMPLE
+    elif (CHECKOUT_EXAMPLES / EXAMPLE).is_dir():
+        folder = CHECKOUT_EXAMPLES / EXAMPLE
+    else:
+        raise SystemExit(
+            "no example to run: pass --example DIR (a folder with job.yaml, such as examples/sensor-anomaly "
+            "in Ember's source) or set EMBER_EXAMPLES to Ember's examples/ folder"
+        )
+    if not (folder / "job.yaml").is_file():
+        raise SystemExit(f"{folder} has no job.yaml: pass --example with an example folder")
+    return folder.resolve()
 
 
 def fresh_home(home: Path) -> Path:
@@ -83,7 +109,7 @@ def node_endpoint(stack: Any, node: str) -> tuple[str, str]:
 async def feed_nodes(stack: Any, tag: str, devices: int, seconds: int, console: Console) -> dict[str, int]:
     """Mock devices on every node, sending to that node's mldata; returns rows per node."""
     from ember.devices.mock import run_mock
-    from ember.mldata.client import MldataClient
+    from ember.data.client import MldataClient
 
     async def one(index: int, node: str) -> int:
         url, token = node_endpoint(stack, node)
@@ -104,7 +130,7 @@ async def feed_nodes(stack: Any, tag: str, devices: int, seconds: int, console: 
 
 def baseline(stack: Any, example: Path, spec: dict[str, Any], tag: str) -> dict[str, float]:
     """The example's centralized baseline on the very readings the nodes hold."""
-    from ember.mldata.client import load_table
+    from ember.data.client import load_table
     from ember.sdk import TrainConfig
 
     model = load_example(example)
@@ -177,8 +203,8 @@ def demo(args: argparse.Namespace, console: Console) -> int:
     from ember.stack import Stack
 
     started = time.monotonic()
+    example = find_example(args.example)
     home = fresh_home(args.home)
-    example = args.example.resolve()
     spec = load_spec_file(example / "job.yaml")
     tag = (spec.get("data") or {}).get("tags", [TAG])[0]
     console.rule("[bold]Ember demo")

@@ -113,7 +113,7 @@ class TrainingSpec(_Spec):
     @field_validator("strategy")
     @classmethod
     def _strategy(cls, name: str) -> str:
-        from ember.fl_strategies import strategy_class  # flwr is imported lazily
+        from ember.fl.strategies import strategy_class  # flwr is imported lazily
 
         strategy_class(name)
         return name
@@ -121,7 +121,7 @@ class TrainingSpec(_Spec):
     @field_validator("strategy_params")
     @classmethod
     def _params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        from ember.fl_strategies import validate_strategy
+        from ember.fl.strategies import validate_strategy
 
         if "strategy" in info.data:  # an unknown strategy is reported on its own field
             validate_strategy(info.data["strategy"], params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Self
 from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
@@ -39,7 +40,6 @@ class Settings(BaseSettings):
     log_format: str = "auto"
     """`json`, `console` or `auto` (console on a TTY, JSON lines otherwise)."""
     log_level: str = "info"
-    request_timeout: float = 10.0
     bundle_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     """Largest code bundle `ember job submit` sends (packed bytes; docs/control-plane.md)."""
     bundle_fetch_timeout: float = Field(default=30.0, gt=0)
@@ -47,15 +47,22 @@ class Settings(BaseSettings):
     keepalive: int = 5
     """MQTT keepalive in seconds; a dead flamelet is seen offline within 1.5x this."""
 
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str) -> str:
+        if value:
+            parse_mqtt_url(value)  # a bad URL is a settings error, not a failure to connect
+        return value
+
     @field_validator("home", mode="before")
     @classmethod
     def _expand(cls, value: object) -> object:
         return Path(value).expanduser() if isinstance(value, str) else value
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Self:
         env = dict(os.environ if env is None else env)
-        values = {
+        values: dict[str, object] = {
             key[len("EMBER_") :].lower(): value
             for key, value in env.items()
             if key.startswith("EMBER_") and key[len("EMBER_") :].lower() in cls.model_fields

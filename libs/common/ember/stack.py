@@ -11,32 +11,31 @@ Process names: `mosquitto`, `manager`, `builder`, `notifier`, `node-1..N` (flame
 `node-i`) and `mldata-1..N` (the node's mldata). Every line a process prints goes to
 `$EMBER_HOME/logs/<name>.log` and, when `echo` is set, to `echo` prefixed by the name.
 
-Process handling itself (spawn, output, signals, groups) is `ember.supervisor`: blocking work,
-so this class is synchronous; `async with` runs start/stop in a worker thread.
+Process handling itself (spawn, output, signals, groups) is `ember.processes.ProcessGroup`:
+blocking work, so this class is synchronous; `async with` runs start/stop in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
 import os
 import secrets
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ember import topics
 from ember.bus import Bus, Message
 from ember.errors import EmberError, RequestTimeout, Unavailable
 from ember.settings import Settings
-from ember.supervisor import Proc, Supervisor, in_thread
-from ember.testing import free_port, mosquitto_binary, wait_for_port
+from ember.broker import mosquitto_binary, mosquitto_config
+from ember.processes import Proc, ProcessGroup, free_port, wait_for_port
 
 SERVICES = ("manager", "builder", "notifier")
 
@@ -48,7 +47,7 @@ class StackError(EmberError):
 
 @dataclass
 class Stack:
-    """Supervises the local stack in `home`; see the module doc."""
+    """Runs the local stack in `home`; see the module doc."""
 
     home: Path
     flamelets: int = 3
@@ -74,12 +73,12 @@ class Stack:
         self._owns_state = False
         if self.color is None:
             self.color = bool(self.echo is not None and hasattr(self.echo, "isatty") and self.echo.isatty())
-        self.sup = Supervisor(self.home / "logs", cwd=self.home, echo=self.echo, color=self.color, grace=self.grace)
+        self.group = ProcessGroup(self.home / "logs", cwd=self.home, echo=self.echo, color=self.color, grace=self.grace)
 
     @property
     def procs(self) -> dict[str, Proc]:
         """Every process by name (`mosquitto`, `manager`, ..., `node-1`, `mldata-1`)."""
-        return self.sup.procs
+        return self.group.procs
 
     # --- public API ------------------------------------------------------------------------
     @property
@@ -124,10 +123,10 @@ class Stack:
         self._owns_state = True
         env = self._service_env()
         for name in self.services:
-            self.sup.add(name, [sys.executable, "-m", f"ember.{name}"], env, group=1)
+            self.group.add(name, [sys.executable, "-m", f"ember.{name}"], env, group=1)
         mldata = {node: self._add_mldata(i, node, env) for i, node in enumerate(self.nodes, 1)} if self.mldata else {}
         for name in [*self.services, *(f"mldata-{i}" for i in range(1, len(mldata) + 1))]:
-            self.sup.spawn(self.procs[name])
+            self.group.spawn(self.procs[name])
         for node, (port, _) in mldata.items():
             self._wait_listening(f"mldata-{node.split('-')[1]}", port)
         for i, node in enumerate(self.nodes, 1):
@@ -139,7 +138,7 @@ class Stack:
                     EMBER_MLDATA_TOKEN=token,
                     EMBER_MLDATA_DATA_DIR=str(self.node_data_dir(node)),
                 )
-            self.sup.spawn(self.sup.add(f"node-{i}", [sys.executable, "-m", "ember.flamelet", "--node", node], fenv, group=3))
+            self.group.spawn(self.group.add(f"node-{i}", [sys.executable, "-m", "ember.flamelet", "--node", node], fenv, group=3))
         self.wait_ready(ready_timeout)
         return self
 
@@ -148,35 +147,35 @@ class Stack:
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         """Until the manager answers `nodes.list` with every flamelet online (or a process dies)."""
-        in_thread(lambda: self._await_ready(timeout))
-        self.sup.say("stack", f"ready: broker {self.url}, {self.flamelets} flamelet(s), home {self.home}")
+        _run_in_thread(lambda: self._await_ready(timeout))
+        self.group.say("stack", f"ready: broker {self.url}, {self.flamelets} flamelet(s), home {self.home}")
 
     def pid(self, name: str) -> int | None:
         return self.procs[name].pid if self.procs[name].alive() else None
 
     def kill(self, name: str, sig: int = signal.SIGKILL, *, timeout: float = 30.0) -> int:
         """Send `sig` (default SIGKILL) to one process and wait for it to exit; returns its status."""
-        return self.sup.kill(name, sig, timeout=timeout)
+        return self.group.kill(name, sig, timeout=timeout)
 
     def restart(self, name: str) -> None:
         """Stop one process (if alive, SIGTERM then SIGKILL after the grace) and start it again."""
         proc = self.procs[name]
         if proc.alive():
-            self.sup.stop_group([proc])
-        self.sup.spawn(proc)
+            self.group.stop_group([proc])
+        self.group.spawn(proc)
         if name == "mosquitto":
             self._wait_listening(name, self._broker_port)
 
     def exited(self) -> dict[str, int]:
         """Processes that exited without being asked to: name -> exit status."""
-        return self.sup.exited()
+        return self.group.exited()
 
     def log_path(self, name: str) -> Path:
-        return self.sup.log_path(name)
+        return self.group.log_path(name)
 
     def tail(self, name: str, lines: int = 20) -> str:
         """The last lines a process printed (from its log file)."""
-        return self.sup.tail(name, lines)
+        return self.group.tail(name, lines)
 
     def stop(self) -> None:
         """Ordered, idempotent shutdown: flamelets (their actors stop), mldata, services, broker."""
@@ -184,7 +183,7 @@ class Stack:
             if self._stopped:
                 return
             self._stopped = True
-        self.sup.stop_all()
+        self.group.stop_all()
         if not self._owns_state:  # e.g. refused because another stack runs here: leave its files
             return
         with contextlib.suppress(FileNotFoundError):
@@ -203,9 +202,9 @@ class Stack:
                 for name, code in self.exited().items():
                     if name not in reported:
                         reported.add(name)
-                        self.sup.say("stack", f"{name} exited with status {code} (restart it with `ember up` again)")
+                        self.group.say("stack", f"{name} exited with status {code} (restart it with `ember up` again)")
         finally:
-            self.sup.say("stack", "shutting down")
+            self.group.say("stack", "shutting down")
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -244,12 +243,12 @@ class Stack:
         (broker_dir / "data").mkdir(parents=True, exist_ok=True)
         self._broker_port = self.mqtt_port or free_port()
         conf = broker_dir / "mosquitto.conf"
-        conf.write_text(broker_config(self._broker_port, broker_dir / "data"))
+        conf.write_text(mosquitto_config(self._broker_port, broker_dir / "data"))
         try:
             binary = mosquitto_binary()
         except RuntimeError as exc:  # not installed: say what to install
             raise StackError(str(exc)) from None
-        self.sup.spawn(self.sup.add("mosquitto", [binary, "-c", str(conf)], dict(self._base_env), group=0))
+        self.group.spawn(self.group.add("mosquitto", [binary, "-c", str(conf)], dict(self._base_env), group=0))
         self._wait_listening("mosquitto", self._broker_port, 30)
         self.url = f"mqtt://127.0.0.1:{self._broker_port}"
 
@@ -263,7 +262,7 @@ class Stack:
             json.dump({"node": node, "url": f"grpc://127.0.0.1:{port}", "token": token, "data_dir": str(data_dir)}, fh)
         argv = [sys.executable, "-m", "ember.mldata", "--port", str(port), "--data-dir", str(data_dir), "--node", node]
         # the token travels in the environment: not visible in `ps`, and never parsed as an option
-        self.sup.add(f"mldata-{index}", argv, dict(env, EMBER_NODE_ID=node, EMBER_MLDATA_TOKEN=token), group=2)
+        self.group.add(f"mldata-{index}", argv, dict(env, EMBER_NODE_ID=node, EMBER_MLDATA_TOKEN=token), group=2)
         return port, token
 
     async def _await_ready(self, timeout: float) -> None:
@@ -296,22 +295,20 @@ class Stack:
                     await asyncio.wait_for(wake.wait(), 0.5)
 
 
-def broker_config(port: int, data_dir: Path) -> str:
-    """The stack's Mosquitto config: loopback listener, TCP_NODELAY, persistence, QoS 1 queues."""
-    return "\n".join(
-        [
-            f"user {getpass.getuser()}",  # as root, Mosquitto would drop to `mosquitto` and lose the data dir
-            f"listener {port} 127.0.0.1",
-            "allow_anonymous true",
-            "set_tcp_nodelay true",
-            "persistence true",
-            f"persistence_location {data_dir}/",
-            "autosave_interval 10",
-            "max_queued_messages 100000",
-            "max_inflight_messages 100",
-            "log_dest stdout",
-            "log_type error",
-            "log_type warning",
-            "",
-        ]
-    )
+def _run_in_thread(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run the coroutine `factory()` on a fresh event loop in a daemon thread (callers may run
+    inside a loop already); Ctrl-C interrupts the wait, not the process's exit."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = asyncio.run(factory())
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="stack-ready", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")

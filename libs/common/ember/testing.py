@@ -1,11 +1,13 @@
-"""Test helpers shared by Ember's tests and benchmarks: a private Mosquitto, condition waits."""
+"""Test support shared by Ember's tests and benchmarks: a private Mosquitto, condition waits.
+
+Private to tests/ and bench/: production code never imports it (tests/test_layering.py checks).
+The broker runs with the production config (`ember.broker.mosquitto_config`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -14,37 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ember.broker import mosquitto_binary, mosquitto_config
+from ember.processes import free_port, wait_for_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if not found:
-        raise RuntimeError("mosquitto is not installed: run 'make install' or 'apt-get install mosquitto'")
-    return found
-
-
-def mosquitto_config(port: int, data_dir: Path) -> str:
-    return "\n".join(
-        [
-            f"listener {port} 127.0.0.1",
-            "allow_anonymous true",
-            "set_tcp_nodelay true",
-            "persistence true",
-            f"persistence_location {data_dir}/",
-            "autosave_interval 1",
-            "max_queued_messages 100000",
-            "max_inflight_messages 100",
-            "message_size_limit 0",
-            "log_type error",
-            "log_type warning",
-            "",
-        ]
-    )
+__all__ = ["Broker", "assert_eventually", "free_port", "private_broker", "wait_for_port", "wait_until"]
 
 
 @dataclass
@@ -80,17 +55,6 @@ class Broker:
     def restart(self) -> None:
         self.stop()
         self.start()
-
-
-def wait_for_port(host: str, port: int, *, timeout: float = 10.0, process: subprocess.Popen[Any] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
 @contextlib.contextmanager

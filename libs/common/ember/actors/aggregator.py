@@ -5,7 +5,7 @@ EMBER_ACTOR_ID, EMBER_NODE_ID, EMBER_MQTT_URL, EMBER_TOPIC_ROOT, EMBER_JOB_SPEC 
 EMBER_LEARNERS (comma list of learner actor ids), EMBER_MLFLOW_TRACKING_URI, EMBER_HOME;
 PYTHONPATH holds the user's code folder.
 
-It runs the job's Flower strategy (or the user's ServerApp) over MQTT (`ember.fl.aggregator`),
+It runs the job's Flower strategy (or the user's ServerApp) over MQTT (`ember.fl.orchestrator`),
 publishes `RoundCompleted` after every round and `JobResult` at the end on `jobs/{job}/progress`.
 
 Exit codes: 0 success, after printing one stdout line `EMBER_RESULT {"metrics": ...,
@@ -30,8 +30,8 @@ EXIT_FAILED, EXIT_CONFIG, EXIT_SIGTERM = 1, 2, 128 + signal.SIGTERM
 async def run(settings: object) -> int:
     """Run one aggregator with `ActorSettings`; returns the process exit code."""
     from ember.bus import Bus
-    from ember.fl.aggregator import Aggregator
-    from ember.fl.learner import SESSION_EXPIRY
+    from ember.fl.orchestrator import Orchestrator
+    from ember.fl.endpoint import SESSION_EXPIRY
     from ember.fl.settings import ActorSettings
 
     assert isinstance(settings, ActorSettings)
@@ -53,7 +53,7 @@ async def run(settings: object) -> int:
         persistent=True,  # replies sent during a short disconnect are queued, not lost
         session_expiry=SESSION_EXPIRY,
     )
-    aggregator = Aggregator(
+    aggregator = Orchestrator(
         bus, spec, job=settings.job_id, actor=actor, learners=settings.learner_ids(), code_dir=code_dir or None, tracking_uri=settings.tracking_uri()
     )
     stopped = False

@@ -2,9 +2,9 @@
 
 Configured like the aggregator (`ember.fl.settings.ActorSettings`) plus EMBER_MLDATA_URL and
 EMBER_MLDATA_TOKEN of its node's mldata (without a token, the node's token file under
-EMBER_HOME is used, as `ember.mldata.client.load_table` does). Its index among the learners
+EMBER_HOME is used, as `ember.data.client.load_table` does). Its index among the learners
 comes from EMBER_LEARNERS when set, else from its actor id (`{job}-learner-{i}`). It connects with a Last Will (`gone` on its up topic),
-loads its node's data for the job's tags (`ember.mldata.client.load_table`), builds and
+loads its node's data for the job's tags (`ember.data.client.load_table`), builds and
 preprocesses the ModelManager once (or loads the user's Flower ClientApp, with
 `context.node_config` = `partition-id` / `num-partitions`), announces `ready`, answers every
 Flower message from the aggregator, and exits 0 when the aggregator says `done`.
@@ -28,18 +28,18 @@ EXIT_FAILED, EXIT_CONFIG, EXIT_SIGTERM = 1, 2, 128 + signal.SIGTERM
 
 def _loader(settings: object, tags: list[str]) -> object:
     from ember.fl.settings import ActorSettings
-    from ember.mldata.client import load_table
+    from ember.data.client import load_table
 
     assert isinstance(settings, ActorSettings)
-    return load_table(tags, url=settings.mldata_url or None, token=settings.mldata_token or None, node=settings.node_id or None)
+    return load_table(tags, settings=settings)
 
 
 async def run(settings: object) -> int:
     """Run one learner with `ActorSettings`; returns the process exit code."""
-    from ember.fl.aggregator import run_id_for
+    from ember.fl.orchestrator import run_id_for
     from ember.fl.clientapp import prepare_client
     from ember.fl.grid import node_id_for
-    from ember.fl.learner import learner_bus
+    from ember.fl.endpoint import learner_bus
     from ember.fl.settings import ActorSettings
 
     assert isinstance(settings, ActorSettings)

@@ -6,10 +6,14 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ember.envelope import Envelope
 from ember.eventlog.base import EventLog, StoredEvent
+
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
 SCHEMA = """
@@ -22,7 +26,6 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_subject ON events(subject, seq);
-CREATE TABLE IF NOT EXISTS checkpoints (consumer TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
 
 
@@ -30,10 +33,9 @@ def _use_wal(db: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_MS / 1000) ->
     """Put the database in WAL mode (a property of the file: once set, it stays).
 
     Switching needs the file to itself, and SQLite answers "database is locked" at once, without
-    waiting out the busy timeout, while another connection has it open: services that start
-    together on a new file (manager, builder, notifier) collided here (measured: 1 start in 4
-    with 4 openers). So read the mode first (no lock needed) and retry the switch until the
-    timeout."""
+    waiting out the busy timeout, while another connection has it open, as when the services
+    that start together (manager, builder, notifier) open a new file. So read the mode first (no
+    lock needed) and retry the switch until the timeout."""
     deadline = time.monotonic() + timeout
     delay = 0.005
     while db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
@@ -57,13 +59,13 @@ class SqliteEventLog(EventLog):
         self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._db.executescript(SCHEMA)
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(self._locked, fn, *args)
 
-    async def _run_short(self, fn, *args):
+    async def _run_short(self, fn: Callable[..., T], *args: Any) -> T:
         """A short write (an append): on the caller's thread when the database is free at once,
-        which saves a thread hop and the event loop's wake-up (a socket write, ~0.1 ms here, as
-        much as the append itself); in a worker thread, waiting up to `busy_timeout`, when
+        which saves a thread hop and the event loop's wake-up (a socket write, which costs about
+        as much as the append itself); in a worker thread, waiting up to `busy_timeout`, when
         another connection holds the write lock (or another call holds this connection)."""
         if self._lock.acquire(blocking=False):
             try:
@@ -79,7 +81,7 @@ class SqliteEventLog(EventLog):
                 self._lock.release()
         return await self._run(fn, *args)
 
-    def _locked(self, fn, *args):
+    def _locked(self, fn: Callable[..., T], *args: Any) -> T:
         with self._lock:
             return fn(*args)
 
@@ -89,7 +91,7 @@ class SqliteEventLog(EventLog):
             "INSERT OR IGNORE INTO events (id, aggregate, subject, type, body) VALUES (?, ?, ?, ?, ?)",
             (envelope.id, aggregate, envelope.subject, envelope.type, body),
         )
-        if cur.rowcount == 1:
+        if cur.rowcount == 1 and cur.lastrowid is not None:
             return StoredEvent(cur.lastrowid, aggregate, envelope)
         row = self._db.execute("SELECT seq, aggregate, body FROM events WHERE id = ?", (envelope.id,)).fetchone()
         return StoredEvent(row[0], row[1], Envelope.model_validate_json(row[2]), duplicate=True)
@@ -98,7 +100,7 @@ class SqliteEventLog(EventLog):
         return await self._run_short(self._append, envelope, self.aggregate_for(envelope, aggregate))
 
     def _read(self, after: int, limit: int | None, subject: str | None) -> list[StoredEvent]:
-        sql, args = "SELECT seq, aggregate, body FROM events WHERE seq > ?", [after]
+        sql, args = "SELECT seq, aggregate, body FROM events WHERE seq > ?", list[int | str]([after])
         if subject is not None:
             sql += " AND subject = ?"
             args.append(subject)
@@ -112,30 +114,17 @@ class SqliteEventLog(EventLog):
         return await self._run(self._read, after, limit, subject)
 
     async def get(self, event_id: str) -> StoredEvent | None:
-        def fetch():
+        def fetch() -> StoredEvent | None:
             row = self._db.execute("SELECT seq, aggregate, body FROM events WHERE id = ?", (event_id,)).fetchone()
             return StoredEvent(row[0], row[1], Envelope.model_validate_json(row[2])) if row else None
 
         return await self._run(fetch)
 
     async def last_seq(self) -> int:
-        return await self._run(lambda: self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
-
-    async def get_checkpoint(self, consumer: str) -> int:
-        def fetch():
-            row = self._db.execute("SELECT seq FROM checkpoints WHERE consumer = ?", (consumer,)).fetchone()
-            return row[0] if row else 0
+        def fetch() -> int:
+            return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
         return await self._run(fetch)
-
-    async def set_checkpoint(self, consumer: str, seq: int) -> None:
-        await self._run(
-            lambda: self._db.execute(
-                "INSERT INTO checkpoints (consumer, seq) VALUES (?, ?) "
-                "ON CONFLICT(consumer) DO UPDATE SET seq = MAX(seq, excluded.seq)",
-                (consumer, seq),
-            )
-        )
 
     async def close(self) -> None:
         await self._run(self._db.close)

@@ -3,7 +3,7 @@
 - `ember.fl.grid.MqttGrid`: Flower's `Grid` over MQTT; `ember.fl.serde`: the frame format.
 - `ember.fl.clientapp`: the ClientApp around a user's ModelManager.
 - `ember.fl.serverapp`: Flower strategies (or a user's ServerApp) driven on the grid.
-- `ember.fl.aggregator.Aggregator`, `ember.fl.learner.LearnerEndpoint`: the two actor roles.
+- `ember.fl.orchestrator.Orchestrator`, `ember.fl.endpoint.LearnerEndpoint`: the two actor roles.
 - `ember.fl.tracking`: MLflow; `ember.fl.report.write_report`: the job report.
 - `ember.fl.run_local(spec, tables, mqtt_url=...)`: a whole job in one process.
 - `ember.fl.flwr_compat`: every Flower internal Ember relies on.

@@ -20,8 +20,8 @@ are decoded on the loop as they arrive, large ones in the thread.
   as soon as fewer than `minimum` learners are live: the job stops instead of hanging.
 - `get_node_ids` never shrinks between two pushes: a learner that goes is dropped from it at
   the next push (its messages meanwhile get the error reply). Flower's strategies count the
-  nodes, then wait until at least that many are connected (`sample_nodes`); a learner lost
-  between the two calls made that wait endless.
+  nodes, then wait until at least that many are connected (`sample_nodes`), so the two calls
+  must agree: a count that shrank in between would leave that wait without an end.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from ember.bus import Message as BusMessage
 from ember.errors import EmberError
 from ember.fl import flwr_compat as compat
 from ember.fl.rounds import RoundBook, round_key
-from ember.fl.serde import Reassembler, chunk_message, decode_frame, pack_cast, signal
+from ember.fl.serde import Kind, Reassembler, chunk_message, decode_frame, pack_cast, signal
 from ember.log import get_logger
 
 T = TypeVar("T")
@@ -56,8 +56,8 @@ QUICK_EXCHANGE_S = 0.5
 """After 4 exchanges at most this long (train and evaluate of 2 rounds), `on_round_start` runs
 once the next exchange's replies are in rather than as soon as its messages are out: what it
 starts (a `RoundCompleted` that wakes the manager and every watcher) then runs while the
-learners are idle instead of competing with them for the CPU (measured here, 3 learners on 2
-cores: 1.4 ms less per-round overhead), and is late by about one such exchange."""
+learners are idle instead of competing with them for the CPU, which shortens fast rounds
+(docs/benchmarks.md, "Figures behind the code"), and is late by about one such exchange."""
 
 
 class TooFewLearners(EmberError):
@@ -282,7 +282,7 @@ class MqttGrid(Grid):
         self._armed = True
         return live
 
-    async def signal_all(self, kind: str, **header: Any) -> None:
+    async def signal_all(self, kind: Kind, **header: Any) -> None:
         """Publish a control frame (`ping`, `done`) to every learner."""
         await asyncio.gather(*(self.bus.publish(self._down(actor), signal(kind, **header)) for actor in self.learners))
 
@@ -361,11 +361,11 @@ class MqttGrid(Grid):
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             self._check()
-            waiting = [self._pending[i].future for i in ids if i in self._pending and not self._pending[i].future.done()]
+            waiting: list[asyncio.Future[Any]] = [self._pending[i].future for i in ids if i in self._pending and not self._pending[i].future.done()]
             remaining = None if deadline is None else deadline - loop.time()
             if not waiting or (remaining is not None and remaining <= 0):
                 return
-            changed = asyncio.ensure_future(self._changed.wait())
+            changed: asyncio.Future[Any] = asyncio.ensure_future(self._changed.wait())
             try:
                 await asyncio.wait([*waiting, changed], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             finally:

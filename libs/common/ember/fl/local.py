@@ -18,10 +18,10 @@ from typing import Any
 import pyarrow as pa
 
 from ember.bus import Bus
-from ember.fl.aggregator import Aggregator, AggregatorResult
+from ember.fl.orchestrator import Orchestrator, TrainingResult
 from ember.fl.clientapp import prepare_client
 from ember.fl.grid import node_id_for
-from ember.fl.learner import SESSION_EXPIRY, learner_bus
+from ember.fl.endpoint import SESSION_EXPIRY, learner_bus
 from ember.jobspec import JobSpec, validate_spec
 from ember.log import get_logger
 
@@ -37,14 +37,14 @@ async def run_local(
     root: str = "ember/v1",
     code_dir: str | Path | None = None,
     tracking_uri: str | None = None,
-) -> AggregatorResult:
+) -> TrainingResult:
     """Run one job: one learner per entry of `tables` (None for Flower apps, which load their own)."""
     spec = spec if isinstance(spec, JobSpec) else validate_spec(spec)
     job = job or f"{spec.name}-{uuid.uuid4().hex[:8]}"
     learners = [f"{job}-learner-{index}" for index in range(len(tables))]
     actor = f"{job}-aggregator"
     bus = Bus(mqtt_url, client_id=actor, root=root, source=actor, persistent=True, session_expiry=SESSION_EXPIRY)
-    aggregator = Aggregator(bus, spec, job=job, actor=actor, learners=learners, code_dir=code_dir, tracking_uri=tracking_uri)
+    aggregator = Orchestrator(bus, spec, job=job, actor=actor, learners=learners, code_dir=code_dir, tracking_uri=tracking_uri)
     async with bus, asyncio.TaskGroup() as tg:
         for index, table in enumerate(tables):
             tg.create_task(_learner(spec, job, learners, index, table, mqtt_url=mqtt_url, root=root, code_dir=code_dir, run_id=aggregator.grid.run.run_id))

@@ -1,7 +1,7 @@
 """The aggregator's training loop: Flower's own strategies (or a user's ServerApp) on a Grid.
 
 - ModelManager jobs: `run_model_manager` builds the spec's strategy
-  (`ember.fl_strategies.strategy_class` + `strategy_params`; fractions and minimums from the
+  (`ember.fl.strategies.strategy_class` + `strategy_params`; fractions and minimums from the
   spec) and drives it with `strategy.start(grid=..., initial_arrays=..., num_rounds=...,
   timeout=round_timeout, evaluate_fn=...)`. Flower calls `evaluate_fn` after every round:
   Ember uses it to load the round's global model into the aggregator's ModelManager and to
@@ -24,7 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from ember.fl import flwr_compat as compat
 from ember.fl.clientapp import load_ref
 from ember.fl.rounds import flatten_metrics
-from ember.fl_strategies import strategy_class
+from ember.fl.strategies import strategy_class
 from ember.jobspec import JobSpec
 from ember.sdk.model import ModelManager
 

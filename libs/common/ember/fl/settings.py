@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 from ember.fl.tracking import DISABLED
 from ember.jobspec import JobSpec, validate_spec
-from ember.settings import Settings
+from ember.data.settings import DataSettings
 
 
-class ActorSettings(Settings):
+class ActorSettings(DataSettings):
+    """An actor's settings; a learner reaches its node's mldata through the `DataSettings` half."""
+
     job_id: str = ""
     actor_id: str = ""
     job_spec: str = ""
     learners: str = ""
-    mldata_url: str = ""
-    mldata_token: str = ""
     code_dir: str = ""
     job_spec_dir: str = ""
 
@@ -51,7 +50,8 @@ class ActorSettings(Settings):
 
     def resolve_code_dir(self, spec: JobSpec) -> str | None:
         """The user's code folder: EMBER_CODE_DIR, else the folder the entry point imports from
-        (PYTHONPATH), else `code.path` under EMBER_JOB_SPEC_DIR (then put on `sys.path`)."""
+        (PYTHONPATH), else `code.path` under EMBER_JOB_SPEC_DIR. Whoever imports the code
+        (`ember.fl.clientapp.load_ref`) puts this folder first on `sys.path`."""
         from ember.fl.clientapp import code_dir_of
 
         ref = spec.code.entrypoint or spec.code.serverapp or spec.code.clientapp
@@ -63,8 +63,7 @@ class ActorSettings(Settings):
             folder = Path(self.job_spec_dir) / (spec.code.path or ".")
             if not (self.job_spec_dir and folder.is_dir()):
                 raise
-            sys.path.insert(0, str(folder.resolve()))
-            found = code_dir_of(ref)
+            return str(folder.resolve())
         return str(found) if found else None
 
     def tracking_uri(self) -> str | None:

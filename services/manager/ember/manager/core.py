@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ember.actions import SubmitJob
 from ember.bus import Bus
 from ember.errors import Conflict, InvalidRequest
 from ember.eventlog.base import EventLog, StoredEvent
@@ -48,7 +49,7 @@ class Manager:
         return stored
 
     # --- requests --------------------------------------------------------------------------
-    async def submit(self, request: jobs.SubmitRequest, request_id: str) -> dict[str, Any]:
+    async def submit(self, request: SubmitJob, request_id: str) -> dict[str, Any]:
         try:
             job, event_id, event = jobs.submitted(request, request_id)
         except InvalidRequest as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ember.mldata.errors import InvalidTag
+from ember.data.errors import InvalidTag
 
 _TAG = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 TAG_RE = re.compile(rf"^{_TAG}$")

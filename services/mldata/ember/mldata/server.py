@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ember.errors import EmberError, InvalidRequest
 from ember.log import get_logger
-from ember.mldata.auth import BearerTokenMiddlewareFactory
+from ember.data.auth import BearerTokenMiddlewareFactory
 from ember.mldata.names import check_tag
 from ember.mldata.store import Partition, PartitionStore
 
@@ -74,10 +74,10 @@ def _translated(method: F) -> F:
         except flight.FlightError:
             raise
         except EmberError as exc:
-            log.info("call_refused", call=method.__name__, code=exc.code, reason=exc.message)
+            log.info("mldata.call_refused", call=method.__name__, code=exc.code, reason=exc.message)
             raise flight.FlightServerError(exc.message, extra_info=json.dumps(exc.to_dict()).encode()) from None
         except Exception:
-            log.exception("call_failed", call=method.__name__)
+            log.exception("mldata.call_failed", call=method.__name__)
             raise flight.FlightInternalError("internal error (see the mldata log)") from None
 
     return wrapper  # type: ignore[return-value]
@@ -137,7 +137,7 @@ class MldataFlightServer(flight.FlightServerBase):
         tag = check_tag(path[0])
         result = self.store.write(tag, reader.schema, (chunk.data for chunk in reader if chunk.data is not None))
         part = result.partition
-        log.info("partition_put", tag=tag, partition=part.name, rows=part.rows, bytes=part.bytes, duplicate=result.duplicate)
+        log.info("mldata.partition_put", tag=tag, partition=part.name, rows=part.rows, bytes=part.bytes, duplicate=result.duplicate)
         reply = {"partition": part.name, "rows": part.rows, "bytes": part.bytes, "duplicate": result.duplicate}
         writer.write(pa.py_buffer(json.dumps(reply).encode()))
 
@@ -152,7 +152,7 @@ class MldataFlightServer(flight.FlightServerBase):
         elif action.type == "drop":
             request = _parse(DropRequest, body)
             dropped = self.store.drop(name=request.partition, tag=request.tag)
-            log.info("partitions_dropped", partitions=dropped)
+            log.info("mldata.partitions_dropped", partitions=dropped)
             payload = {"dropped": dropped}
         elif action.type == "stats":
             payload = self.stats()

@@ -1,9 +1,8 @@
 """Arrow IPC serving copies of the Parquet partitions: what `do_get` streams when it can.
 
 A partition's durable form is its Parquet file. Decoding Parquet costs more than sending the
-decoded batches over Flight (measured here: 4 partitions of 250,000 sensor rows came in 35-41 ms
-from memory-mapped Arrow IPC files, against 94 ms decoding the Parquet files while streaming and
-50 ms for a local `pq.read_table` of the same files). So once a partition is committed (and at
+decoded batches over Flight, so a loader fed by decoding on the fly is slower than a local
+`pq.read_table` (docs/benchmarks.md, "Data plane"). So once a partition is committed (and at
 start-up, for every partition without one) a background thread writes
 `serving/<tag>.<digest>.arrow`: the partition's batches in Arrow's IPC file format, written to a
 temporary name and renamed. `do_get` memory-maps it (no decoding, no copy into the heap).
@@ -78,12 +77,12 @@ class ServingCopies:
         except FileNotFoundError:
             return None
         except (pa.ArrowException, OSError) as exc:
-            log.warning("serving_copy_unreadable", partition=name, error=str(exc)[:200])
+            log.warning("mldata.serving_copy_unreadable", partition=name, error=str(exc)[:200])
             path.unlink(missing_ok=True)
             return None
         count = sum(batch.num_rows for batch in batches)
         if count != rows:
-            log.warning("serving_copy_mismatch", partition=name, rows=count, expected=rows)
+            log.warning("mldata.serving_copy_mismatch", partition=name, rows=count, expected=rows)
             path.unlink(missing_ok=True)
             return None
         return reader.schema, iter(batches)
@@ -108,10 +107,10 @@ class ServingCopies:
             tmp.unlink(missing_ok=True)
             return
         except Exception:
-            log.exception("serving_copy_failed", partition=name)
+            log.exception("mldata.serving_copy_failed", partition=name)
             tmp.unlink(missing_ok=True)
             return
         if not alive(name):  # dropped while its copy was written
             final.unlink(missing_ok=True)
             return
-        log.debug("serving_copy_written", partition=name)
+        log.debug("mldata.serving_copy_written", partition=name)

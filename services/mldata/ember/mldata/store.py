@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from ember.errors import InvalidRequest, Unavailable
 from ember.mldata import schema as schemas
-from ember.mldata.errors import PartitionNotFound, SchemaMismatch
+from ember.data.errors import PartitionNotFound, SchemaMismatch
 from ember.mldata.names import PARTITION_RE, TMP_PREFIX, check_tag, parse_partition, partition_name
 from ember.mldata.prefetch import prefetch
 from ember.mldata.serving import ServingCopies

@@ -1,16 +1,18 @@
-"""Supervise named OS processes: start, prefix and log their output, signal, stop in groups.
+"""Named OS processes run side by side: start, prefix and log their output, signal, stop in groups.
 
 The generic half of `ember.stack` (which knows what Ember's processes are). Blocking work
-(Popen, wait, pipes), so it is synchronous, with one output thread per process.
+(Popen, wait, pipes), so it is synchronous, with one output thread per process. Also the two
+helpers a process launcher needs: a free port to give a server, and waiting until it listens.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import socket
 import subprocess
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -18,9 +20,28 @@ from typing import IO, Any
 _COLORS = ("36", "35", "33", "32", "34", "91", "96", "95", "93", "92")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, *, timeout: float = 10.0, process: subprocess.Popen[Any] | None = None) -> None:
+    """Return once `host:port` accepts connections; raise if `process` exits first or after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
 @dataclass
 class Proc:
-    """One supervised process: how to start it, and the running instance."""
+    """One process of a group: how to start it, and the running instance."""
 
     name: str
     argv: list[str]
@@ -40,7 +61,7 @@ class Proc:
         return self.popen is not None and self.popen.poll() is None
 
 
-class Supervisor:
+class ProcessGroup:
     """Named processes whose output goes to `<log_dir>/<name>.log` and, if `echo`, prefixed to `echo`."""
 
     def __init__(self, log_dir: Path, *, cwd: Path, echo: IO[str] | None = None, color: bool = False, grace: float = 10.0) -> None:
@@ -68,7 +89,7 @@ class Supervisor:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+            start_new_session=True,  # Ctrl-C reaches this process only; it stops children in order
         )
         color = _COLORS[list(self.procs).index(proc.name) % len(_COLORS)]
         proc.pump = threading.Thread(target=self._pump, args=(proc, proc.popen, color), name=f"pump:{proc.name}", daemon=True)
@@ -151,21 +172,3 @@ class Supervisor:
                         self.echo.write(prefix + line + "\n")
                         self.echo.flush()
         popen.stdout.close()
-
-
-def in_thread(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """Run the coroutine `factory()` on a fresh event loop in a worker thread (safe inside a loop)."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = asyncio.run(factory())
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="stack-ready", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")

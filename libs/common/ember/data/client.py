@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from ember.errors import from_reply
-from ember.mldata.auth import bearer_headers
-from ember.mldata.errors import InvalidTag, NoDataError, PartitionNotFound, SchemaMismatch
-from ember.mldata.settings import MldataSettings
+from ember.data.auth import bearer_headers
+from ember.data.errors import InvalidTag, NoDataError, PartitionNotFound, SchemaMismatch
+from ember.data.settings import DataSettings
 
 DEFAULT_PARALLEL = 4
 _TYPED = {cls.code: cls for cls in (InvalidTag, SchemaMismatch, PartitionNotFound, NoDataError)}
@@ -44,11 +44,6 @@ class MldataClient:
         self.url = url
         self._flight = flight.connect(url)
         self._options = flight.FlightCallOptions(headers=bearer_headers(token), timeout=timeout)
-
-    @classmethod
-    def from_settings(cls, settings: MldataSettings | None = None, **kwargs: Any) -> MldataClient:
-        settings = settings or MldataSettings.from_env()
-        return cls(settings.url(), settings.token(), **kwargs)
 
     def __enter__(self) -> MldataClient:
         return self
@@ -118,7 +113,7 @@ def load_table(
     sort_by: str | None = "ts",
     node: str | None = None,
     parallel: int | None = None,
-    settings: MldataSettings | None = None,
+    settings: DataSettings | None = None,
 ) -> pa.Table:
     """Every partition of `tags` on the local mldata as one table (see the module doc).
 
@@ -129,10 +124,10 @@ def load_table(
     tags = list(tags)
     parallel = parallel or DEFAULT_PARALLEL
     if url is None or token is None or node is None:
-        settings = settings or MldataSettings.from_env()
-        url = url or settings.url()
-        token = token or settings.token()
-        node = node or settings.node()
+        found = settings or DataSettings.from_env()
+        url = url or found.url()
+        token = token or found.token()
+        node = node or found.node()
     with MldataClient(url, token) as client:
         infos = client.partitions(tags)
         if not infos:

@@ -9,9 +9,9 @@ sends `done`.
 
 A message type whose last handling took at most `INLINE_MAX_S` is handled on the event loop
 itself; any other (the first of each type, which usually loads data, and every slow one) in a
-worker thread, so the MQTT connection keeps its keepalive while the app works. Measured here:
-the two thread hand-offs cost 1.4-2 ms per message on 2 busy cores, more than a digits round's
-compute.
+worker thread, so the MQTT connection keeps its keepalive while the app works. Fast types
+stay on the loop because the two thread hand-offs can cost more than a small model's compute
+(docs/benchmarks.md, "Figures behind the code").
 
 The bus carrying it must be created with `will=learner_will(...)`, so a learner that dies is
 reported `gone` by the broker. `ready` and `gone` are retained (the learner's latest status,
@@ -61,7 +61,7 @@ class LearnerEndpoint:
 
     def __init__(self, bus: Bus, *, job: str, actor: str) -> None:
         self.bus, self.job, self.actor = bus, job, actor
-        self.log = get_logger("ember.fl.learner", job=job, actor=actor)
+        self.log = get_logger("ember.fl.endpoint", job=job, actor=actor)
         self.handled = 0
         self.done = asyncio.Event()
         self.done_ok: bool | None = None

@@ -1,4 +1,4 @@
-"""Bearer-token authentication for every Flight call (server middleware)."""
+"""Bearer-token authentication of Flight calls: the header clients send and the server middleware that checks it."""
 
 from __future__ import annotations
 

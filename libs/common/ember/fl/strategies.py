@@ -27,8 +27,8 @@ def strategy_class(name: str) -> type:
 def validate_strategy(name: str, params: dict[str, Any]) -> None:
     """Raise ValueError naming the bad strategy or parameter."""
     cls = strategy_class(name)
-    signature = inspect.signature(cls.__init__)
-    accepted = {p for p in signature.parameters if p != "self"}
+    signature = inspect.signature(cls)  # the constructor's parameters, without `self`
+    accepted = set(signature.parameters)
     for key, value in params.items():
         if key in RESERVED:
             raise ValueError(f"{key}: set through the job spec (training.fraction_*, learners.min), not here")
@@ -37,6 +37,6 @@ def validate_strategy(name: str, params: dict[str, Any]) -> None:
         if not isinstance(value, (int, float, str, bool)) or value is None:
             raise ValueError(f"{key}: must be a number, string or boolean")
     try:
-        signature.bind_partial(None, **params)
+        signature.bind_partial(**params)
     except TypeError as exc:
         raise ValueError(str(exc)) from None

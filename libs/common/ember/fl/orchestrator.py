@@ -1,6 +1,6 @@
 """One federated training job, aggregator side: learners, rounds, progress, MLflow, result.
 
-`Aggregator(bus, spec, ...)` registers its grid on `bus` (before the bus starts); `run()`:
+`Orchestrator(bus, spec, ...)` registers its grid on `bus` (before the bus starts); `run()`:
 
 1. waits (up to `training.round_timeout`) for `learners.min` ready learners (all of them
    if they come within a short grace), else fails `only N learners ready ..., minimum M`;
@@ -49,7 +49,7 @@ def run_id_for(job: str) -> int:
 
 
 @dataclass
-class AggregatorResult:
+class TrainingResult:
     ok: bool
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
@@ -62,7 +62,7 @@ class AggregatorResult:
         return JobResult(metrics=self.metrics, mlflow_run_id=self.mlflow_run_id, model_version=self.model_version).model_dump(mode="json")
 
 
-class Aggregator:
+class Orchestrator:
     """Drives one job's training over `bus`; see the module docstring."""
 
     def __init__(
@@ -79,9 +79,9 @@ class Aggregator:
         self.bus, self.spec, self.job, self.actor = bus, spec, job, actor
         self.code_dir = code_dir
         self.tracking_uri = tracking_uri
-        self.log = get_logger("ember.fl.aggregator", job=job, actor=actor)
+        self.log = get_logger("ember.fl.orchestrator", job=job, actor=actor)
         self.grid = MqttGrid(bus, job=job, learners=learners, minimum=spec.learners.minimum, run_id=run_id_for(job))
-        self.result = AggregatorResult(ok=False)
+        self.result = TrainingResult(ok=False)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tracker: Tracker | None = None
         self._reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-mlflow")
@@ -90,7 +90,7 @@ class Aggregator:
         self._finished: list[RoundStats] = []
         self._logged_at = time.monotonic()
 
-    async def run(self) -> AggregatorResult:
+    async def run(self) -> TrainingResult:
         """Train; never raises for a job failure (see `result.ok` / `result.reason`)."""
         self._loop = asyncio.get_running_loop()
         self.grid.bind(self._loop)
