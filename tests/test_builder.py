@@ -133,15 +133,17 @@ def test_git_source_is_packed_into_a_bundle_probe_needs_no_code_and_a_path_is_re
 
 
 async def test_service_builds_submitted_jobs_caches_and_fails_clearly(mqtt_broker, ember_home, tmp_path, project, pip_args):
-    settings = BuilderSettings.from_env(
-        {"EMBER_HOME": str(ember_home), "EMBER_MQTT_URL": mqtt_broker.url}, builder_pip_args=" ".join(pip_args)
+    settings = BuilderSettings.from_env(  # bundles cleared as soon as their jobs are over
+        {"EMBER_HOME": str(ember_home), "EMBER_MQTT_URL": mqtt_broker.url}, builder_pip_args=" ".join(pip_args), builder_bundle_keep=0
     )
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "model.py").write_text("class SensorModel:\n    other = True\n")
+    variants = []
+    for name in ("other", "never"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.py").write_text(f"class SensorModel:\n    {name} = True\n")
+        variants.append(pack(tmp_path / name))
     async with open_eventlog(settings.resolved_eventlog_url()) as eventlog, Bus(mqtt_broker.url) as client:
-        shared, alone = pack(project), pack(other)
-        for bundle in (shared, alone):
+        shared, (alone, never) = pack(project), variants
+        for bundle in (shared, alone, never):
             await publish_bundle(client, bundle)
 
         async def submit(job: str, raw: dict) -> None:
@@ -151,7 +153,7 @@ async def test_service_builds_submitted_jobs_caches_and_fails_clearly(mqtt_broke
         async def done(job: str):
             return await eventlog.get(fact_id(job, "build-done"))
 
-        await submit("cancelled-1", spec(bundle=shared.digest))
+        await submit("cancelled-1", spec(bundle=never.digest))
         await append_and_publish(eventlog, client, JobCancelled().envelope("cancelled-1", source="test", event_id="cancelled-1:terminal"))
         async with BuilderService(settings) as service:
             await submit("sensor-1", spec(["embertinypkg"], bundle=shared.digest))
@@ -164,7 +166,7 @@ async def test_service_builds_submitted_jobs_caches_and_fails_clearly(mqtt_broke
             await submit("docker-1", {**spec(bundle=shared.digest), "runtime": "docker"})
             unsupported = await assert_eventually(lambda: done("docker-1"), timeout=60)
             jobs = service.builder.projection.jobs
-            await assert_eventually(lambda: alone.digest in service.builder.released)  # its only job failed
+            await assert_eventually(lambda: {alone.digest, never.digest} <= service.builder.released)  # their only job is over
             assert shared.digest not in service.builder.released  # sensor-1 and -2 still use it
             assert [t.state.value for t in jobs["sensor-1"].transitions] == ["submitted", "building", "placing"]
 
@@ -180,8 +182,9 @@ async def test_service_builds_submitted_jobs_caches_and_fails_clearly(mqtt_broke
         assert [e.type for e in await eventlog.read(subject="sensor-1")] == ["JobSubmitted", "BuildStarted", "BuildSucceeded"]
         assert first.envelope.data["artifact"]["bundle"] == shared.digest
         assert await fetch_bundle(mqtt_broker.url, "ember/v1", shared.digest) == shared.data
-        with pytest.raises(NotFound):  # cleared from the broker
-            await fetch_bundle(mqtt_broker.url, "ember/v1", alone.digest, wait=0.5)
+        for cleared in (alone, never):
+            with pytest.raises(NotFound):  # cleared from the broker
+                await fetch_bundle(mqtt_broker.url, "ember/v1", cleared.digest, wait=0.5)
 
 
 def test_python_m_ember_builder_starts_and_stops_on_sigterm(mqtt_broker, ember_home):

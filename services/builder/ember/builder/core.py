@@ -8,19 +8,21 @@ moved on: its running pip is killed and no BuildSucceeded is appended.
 
 Code arrives by digest (`code.bundle`, fetched from `bundles/{digest}` on a cache miss) or
 from git (packed here and published the same way); the builder keeps each bundle retained on
-the broker while a job that is not over uses it, and clears it after (`share`, `release`).
+the broker while a job that is not over uses it, and clears it a while after (`share`, `release`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
 from ember.bundle import Bundle, cached
 from ember.bundle_bus import clear_bundle, fetch_bundle, publish_bundle
 from ember.bus import Bus
+from ember.envelope import utcnow
 from ember.errors import EmberError
 from ember.eventlog.base import EventLog, StoredEvent
 from ember.events import Artifact, BuildFailed, BuildStarted, BuildSucceeded, Event, JobFailed, JobState, fact_id
@@ -45,6 +47,7 @@ class Builder:
         self.pip_args = settings.pip_args()
         self.timeout = settings.builder_timeout
         self.fetch_timeout = settings.bundle_fetch_timeout
+        self.bundle_keep = settings.builder_bundle_keep
         self.released: set[str] = set()
         """Bundle digests cleared from the broker (no job that is not over uses them)."""
         self.follower = LogFollower(eventlog, bus, self.reconcile, name="builder", resync_every=settings.builder_resync)
@@ -81,14 +84,21 @@ class Builder:
                 run.cancel()
 
     async def release(self, projection: Projection) -> None:
-        """Clear the retained bundle of every job that is over, unless a live job uses it too."""
+        """Clear the retained bundle of jobs that are over, once none that is not over uses it and
+        the last of them ended `builder_bundle_keep` seconds ago (reconcile runs at every resync)."""
         live: set[str] = set()
-        over: set[str] = set()
+        ended: dict[str, datetime] = {}
         for job in projection.jobs.values():
             digests = {(job.spec.get("code") or {}).get("bundle") or "", job.artifact.bundle if job.artifact else ""} - {""}
-            (over if job.state.terminal else live).update(digests)
+            if not job.state.terminal:
+                live.update(digests)
+                continue
+            end = job.transitions[-1].time if job.transitions else job.submitted
+            for digest in digests:
+                ended[digest] = max(end, ended.get(digest, end))
         self.released -= live
-        for digest in sorted(over - live - self.released):
+        cutoff = utcnow() - timedelta(seconds=self.bundle_keep)
+        for digest in sorted(d for d, end in ended.items() if d not in live and d not in self.released and end <= cutoff):
             try:
                 await clear_bundle(self.bus, digest)
             except EmberError as exc:
