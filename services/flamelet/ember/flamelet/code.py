@@ -25,7 +25,7 @@ from ember.bundle_bus import fetch_bundle
 from ember.errors import EmberError
 from ember.events import ActorSpec
 from ember.flamelet.runtime import StartFailed
-from ember.settings import Settings
+from ember.flamelet.settings import FlameletSettings
 from ember.venvs import BuildError, BuildRun, ensure_venv
 
 
@@ -42,9 +42,10 @@ class CodeCache:
 
     @classmethod
     def from_env(cls, root: Path, env: Mapping[str, str]) -> CodeCache:
-        settings = Settings.from_env(env)
-        return cls(root, mqtt_url=env.get("EMBER_MQTT_URL", ""), topic_root=settings.topic_root,
-                   pip_args=shlex.split(env.get("EMBER_FLAMELET_PIP_ARGS", "")), fetch_timeout=settings.bundle_fetch_timeout)
+        """From the flamelet's settings in `env` (`EMBER_FLAMELET_PIP_ARGS`, `EMBER_BUNDLE_FETCH_TIMEOUT`)."""
+        settings = FlameletSettings.from_env(env)
+        return cls(root, mqtt_url=settings.mqtt_url, topic_root=settings.topic_root,
+                   pip_args=shlex.split(settings.flamelet_pip_args), fetch_timeout=settings.bundle_fetch_timeout)
 
     async def prepare(self, spec: ActorSpec) -> tuple[str, str]:
         """(python, code folder) on this node for `spec`'s bundle artifact; StartFailed saying why not."""
