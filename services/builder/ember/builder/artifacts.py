@@ -130,6 +130,8 @@ def fetch_code(spec: JobSpec, source: str, dest: Path, run: BuildRun) -> None:
     if run.cancelled:
         raise BuildError("build cancelled")
     if not source:
+        if spec.code.bundle or spec.code.git or spec.code.path:
+            raise BuildError("internal: the job has code but no code folder was prepared (call code_folder first)")
         dest.mkdir()
         return
     shutil.copytree(source, dest, symlinks=True)
