@@ -188,14 +188,20 @@ def pack(folder: Path, *, limit: int = DEFAULT_LIMIT) -> Bundle:
         with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as gz:
             with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for rel, path in files:
-                    tar.addfile(*_entry(folder, rel, path))
+                    info = _entry(folder, rel, path)
+                    if info.isreg():
+                        with path.open("rb") as content:
+                            tar.addfile(info, content)
+                    else:
+                        tar.addfile(info)
     except OverflowError:
         raise _too_large(folder, files, limit) from None
     data = out.getvalue()
     return Bundle(digest_of(data), data, len(files))
 
 
-def _entry(folder: Path, rel: str, path: Path) -> tuple[tarfile.TarInfo, io.BufferedReader | None]:
+def _entry(folder: Path, rel: str, path: Path) -> tarfile.TarInfo:
+    """The tar header of one file or link, with nothing in it that varies between machines."""
     info = tarfile.TarInfo(rel)
     info.mtime = 0
     info.uid = info.gid = 0
@@ -207,11 +213,11 @@ def _entry(folder: Path, rel: str, path: Path) -> tuple[tarfile.TarInfo, io.Buff
         info.type = tarfile.SYMTYPE
         info.linkname = target
         info.mode = 0o777
-        return info, None
+        return info
     stat = path.stat()
     info.size = stat.st_size
     info.mode = 0o755 if stat.st_mode & 0o111 else 0o644
-    return info, path.open("rb")
+    return info
 
 
 # --- unpack ---------------------------------------------------------------------------------
