@@ -7,7 +7,7 @@ Rules (deterministic for the same inputs; nothing here mutates its arguments):
   live actors of other jobs reserve on it; every actor of a job reserves the job's `resources`
   (cpus, memory_mb), and an actor fits while both its cpus and its memory fit in what is left;
 - learners first, spread one per node before any node takes a second (fewest of this job's
-  actors first, then by name);
+  actors first, then nodes that cannot take the aggregator, then by name);
 - when the job names data tags and some eligible learner nodes hold rows for one of them,
   learners go only to those nodes (doubling up there rather than landing on a node without the
   data); when none does, learners are placed anyway and fail with `no data for tags` (the
@@ -146,14 +146,16 @@ def learner_pool(available: Sequence[Room], needs: JobNeeds) -> list[Room]:
 
 
 def _spread(count: int, pool: Sequence[Room], slots: Mapping[str, int], actors: Mapping[str, int]) -> list[str] | None:
-    """Nodes for `count` actors, each to the pool node with a free slot and the fewest actors; None if short."""
+    """Nodes for `count` learners, each to the pool node with a free slot and the fewest actors (of
+    those, nodes that cannot take the aggregator first, then by name); None if they do not fit."""
     free, held = dict(slots), dict(actors)
+    order = {room.node: (Role.AGGREGATOR in room.roles, room.node) for room in pool}
     out = []
     for _ in range(count):
         fitting = [room.node for room in pool if free[room.node] > 0]
         if not fitting:
             return None
-        node = min(fitting, key=lambda n: (held[n], n))
+        node = min(fitting, key=lambda n: (held[n], order[n]))
         free[node] -= 1
         held[node] += 1
         out.append(node)
