@@ -24,6 +24,7 @@ or larger nodes).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -162,6 +163,27 @@ def _spread(count: int, pool: Sequence[Room], slots: Mapping[str, int], actors: 
     return out
 
 
+def _seat(spread: list[str], candidates: Sequence[str], pool: Sequence[Room], slots: Mapping[str, int],
+          actors: Mapping[str, int]) -> tuple[str, list[str]] | None:
+    """The aggregator's node and the learners' nodes, or None if the aggregator cannot fit.
+
+    Beside the spread, on the aggregator node with room and the fewest actors. When the spread
+    left no such node, every aggregator node with room is a learner node (one outside the pool
+    would still have room), so seating the aggregator first costs the learners one slot wherever
+    it goes: it takes the first such node and the learners are spread again, or nothing fits.
+    """
+    after = Counter(spread)
+    beside = [node for node in candidates if slots[node] > after[node]]
+    if beside:
+        return min(beside, key=lambda n: (actors[n] + after[n], n)), spread
+    seats = sorted((node for node in candidates if slots[node] > 0), key=lambda n: (actors[n], n))
+    if not seats:
+        return None
+    seat = seats[0]
+    again = _spread(len(spread), pool, {**slots, seat: slots[seat] - 1}, {**actors, seat: actors[seat] + 1})
+    return (seat, again) if again is not None else None
+
+
 def assign(wanted: Sequence[Wanted], available: Sequence[Room], needs: JobNeeds) -> list[Placement]:
     """Place `wanted` (learners and at most one aggregator) on `available`: learners by index, then the aggregator."""
     learners = sorted((w for w in wanted if w.role == Role.LEARNER), key=lambda w: w.index)
@@ -174,27 +196,17 @@ def assign(wanted: Sequence[Wanted], available: Sequence[Room], needs: JobNeeds)
     spread = _spread(len(learners), pool, slots, actors)
     if spread is None:
         raise NoCapacity(_learners_short(len(learners), pool, slots, needs))
-    placements = [Placement(actor=w.actor, role=w.role, node=node, index=w.index) for w, node in zip(learners, spread, strict=True)]
-    if not aggregators:
-        return placements
-    [aggregator] = aggregators
-    candidates = [room.node for room in available if Role.AGGREGATOR in room.roles]
-    after_slots, after_actors = dict(slots), dict(actors)
-    for node in spread:
-        after_slots[node] -= 1
-        after_actors[node] += 1
-    with_room = [node for node in candidates if after_slots[node] > 0]
-    if with_room:
-        node = min(with_room, key=lambda n: (after_actors[n], n))
-    else:  # the spread took every aggregator node's room: seat the aggregator first where the learners still fit
-        for node in sorted((n for n in candidates if slots[n] > 0), key=lambda n: (actors[n], n)):
-            retry = _spread(len(learners), pool, {**slots, node: slots[node] - 1}, {**actors, node: actors[node] + 1})
-            if retry is not None:
-                placements = [Placement(actor=w.actor, role=w.role, node=n, index=w.index) for w, n in zip(learners, retry, strict=True)]
-                break
-        else:
+    seat = None
+    if aggregators:
+        candidates = [room.node for room in available if Role.AGGREGATOR in room.roles]
+        seated = _seat(spread, candidates, pool, slots, actors)
+        if seated is None:
             raise NoCapacity(_aggregator_short(len(learners), candidates, needs))
-    return [*placements, Placement(actor=aggregator.actor, role=Role.AGGREGATOR, node=node, index=aggregator.index)]
+        seat, spread = seated
+    placements = [Placement(actor=w.actor, role=w.role, node=node, index=w.index) for w, node in zip(learners, spread, strict=True)]
+    if seat is not None:
+        placements.append(Placement(actor=aggregators[0].actor, role=Role.AGGREGATOR, node=seat, index=aggregators[0].index))
+    return placements
 
 
 def actor_id(job: str, role: Role, index: int, generation: int) -> str:
