@@ -12,14 +12,15 @@ Rules (deterministic for the same inputs; nothing here mutates its arguments):
   learners go only to those nodes (doubling up there rather than landing on a node without the
   data); when none does, learners are placed anyway and fail with `no data for tags` (the
   failure then names the problem, instead of the job waiting for data that may never come);
-- the aggregator goes to an aggregator-capable node, preferring one without this job's learners;
-  when the learners' spread leaves no aggregator node with room, the aggregator takes a node
-  first and the learners are spread around it: a placement is found whenever one exists;
+- the aggregator goes to the aggregator-capable node with the fewest of this job's actors; when
+  the learners' spread leaves no aggregator node with room, the aggregator takes a node first and
+  the learners are spread around it: a placement is found whenever one exists;
 - a re-placement keeps the surviving actors where they are and never uses a node of a lost actor.
 Not enough room raises `NoCapacity`, whose message names what is short (which actors, on which
-kind of node, how many such nodes are online, how many actors they have room for) and whether
-the online nodes could hold the job once other jobs end (it waits) or not at all (it needs other
-or larger nodes).
+kind of node, how many such nodes are online, how many actors they have room for, which online
+nodes lack the job's runtime) and whether the online nodes could hold the job once other jobs
+end or not at all (it needs more or larger nodes). Either way the notifier tries again on every
+change until its placement timeout.
 """
 
 from __future__ import annotations
