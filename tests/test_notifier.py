@@ -214,6 +214,7 @@ async def test_kill_9_and_restart_places_nothing_twice(cluster, mqtt_broker, tmp
         await assert_eventually(lambda: cluster.events("ActorsPlaced", "crash-3"), timeout=20)
         placed = await cluster.events("ActorsPlaced")
         assert sorted(e.id for e in placed) == ["crash-1:placed:1", "crash-2:placed:1", "crash-3:placed:1"]
+        await assert_eventually(lambda: sum(len(cluster.actors(n)) for n in ("n1", "n2", "n3")) >= 12)  # desired states arrive after the event
         actors = [a for n in ("n1", "n2", "n3") for a in cluster.actors(n)]
         assert len(actors) == len(set(actors)) == 12
     finally:
