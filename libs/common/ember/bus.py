@@ -38,6 +38,7 @@ from ember.errors import EmberError, RequestTimeout, Unavailable, from_reply
 from ember.log import get_logger
 from ember.mqtt_compat import write_eagerly
 from ember.rpc import RequestHandler, Responder
+from ember.security.mqtt import MqttSecurity
 from ember.settings import parse_mqtt_url
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -99,8 +100,11 @@ class Bus:
         max_background: int = 100,
         source: str = "",
         on_connect: Callable[[Bus], Awaitable[None]] | None = None,
+        security: MqttSecurity | None = None,
     ) -> None:
         self.host, self.port = parse_mqtt_url(url)
+        # security: username, password and TLS (for mqtts:// URLs); default from EMBER_IDENTITY / EMBER_MQTT_*.
+        self.security = security if security is not None else MqttSecurity.from_env()
         self.url = url
         self.client_id = client_id or f"ember-{uuid.uuid4().hex[:12]}"
         self.root = root
@@ -272,6 +276,7 @@ class Bus:
             socket_options=NODELAY,
             max_inflight_messages=100,
             timeout=10,
+            **self.security.client_options(self.url),  # security: credentials and TLS
         )
 
     # --- incoming --------------------------------------------------------------------------
