@@ -17,6 +17,7 @@ from ember import topics
 from ember.bundle import DEFAULT_LIMIT, Bundle, BundleError, check_digest, pack, verify
 from ember.bus import Bus, Message
 from ember.errors import NotFound
+from ember.security.mqtt import MqttSecurity
 
 PUBLISH_TIMEOUT = 120.0
 """Seconds a bundle publish may take (up to the size limit over a slow link)."""
@@ -36,9 +37,11 @@ async def clear_bundle(bus: Bus, digest: str) -> None:
     await bus.publish(topic(bus.root, digest), b"", retain=True)
 
 
-async def fetch_bundle(url: str, root: str, digest: str, *, wait: float = 30.0, client_id: str | None = None) -> bytes:
+async def fetch_bundle(url: str, root: str, digest: str, *, wait: float = 30.0, client_id: str | None = None,
+                       security: MqttSecurity | None = None) -> bytes:
     """The bytes of bundle `digest` from its retained message, verified. One short-lived
-    connection; NotFound when nothing is retained there within `wait` seconds."""
+    connection (credentials: `security`, default this process's identity, as for any Bus);
+    NotFound when nothing is retained there within `wait` seconds."""
     check_digest(digest)
     loop = asyncio.get_running_loop()
     got: asyncio.Future[bytes] = loop.create_future()
@@ -53,7 +56,7 @@ async def fetch_bundle(url: str, root: str, digest: str, *, wait: float = 30.0, 
         else:
             got.set_result(message.payload)
 
-    bus = Bus(url, root=root, client_id=client_id, source="bundle-fetch")
+    bus = Bus(url, root=root, client_id=client_id, source="bundle-fetch", security=security)
     bus.subscribe(topics.BUNDLE, on_bundle, raw=True, digest=digest)
     async with bus:
         try:
