@@ -46,12 +46,27 @@ def digits(tmp_path: Path) -> Path:
     return code
 
 
+@pytest.fixture(scope="module")
+def shared_registry(docker_client):
+    """One registry for this module: the base's layers are pushed once, not once per test."""
+    from docker_fixtures import unavailable
+
+    from ember.registry import private_registry, registry_binary
+
+    try:
+        registry_binary()
+    except RuntimeError as exc:
+        unavailable(str(exc))
+    with private_registry() as registry:
+        yield registry
+
+
 def image_settings(registry: str) -> ImageSettings:
     return ImageSettings(registry=registry, wheelhouse=WHEELHOUSE)
 
 
-async def test_builds_digits_pushes_it_by_digest_and_a_resubmit_builds_nothing(mqtt_broker, ember_home, docker_client, docker_registry, digits):
-    env = {"EMBER_HOME": str(ember_home), "EMBER_MQTT_URL": mqtt_broker.url, "EMBER_REGISTRY": docker_registry.address}
+async def test_builds_digits_pushes_it_by_digest_and_a_resubmit_builds_nothing(mqtt_broker, ember_home, docker_client, shared_registry, digits):
+    env = {"EMBER_HOME": str(ember_home), "EMBER_MQTT_URL": mqtt_broker.url, "EMBER_REGISTRY": shared_registry.address}
     settings = BuilderSettings.from_env(env, builder_wheelhouse_dir=str(WHEELHOUSE))
     async with open_eventlog(settings.resolved_eventlog_url()) as eventlog, Bus(mqtt_broker.url) as client:
 
@@ -71,14 +86,14 @@ async def test_builds_digits_pushes_it_by_digest_and_a_resubmit_builds_nothing(m
             second = await assert_eventually(lambda: done("digits-2"), timeout=60)
             await submit("broken-1", digits_spec(code={"path": ".", "entrypoint": "model:DigitsModel", "requirements": [MISSING]}))
             failed = await assert_eventually(lambda: done("broken-1"), timeout=300)
+        started = await eventlog.get(fact_id("digits-1", "build-started"))
+        assert started.envelope.data["reason"] == "building an image"
 
     built, again = first.envelope.data["artifact"], second.envelope.data["artifact"]
     assert built["kind"] == "image" and not built["cached"]
-    assert built["image"].startswith(f"{docker_registry.address}/{REPOSITORY}@sha256:")
+    assert built["image"].startswith(f"{shared_registry.address}/{REPOSITORY}@sha256:")
     assert again["cached"] and again["image"] == built["image"]  # found in the registry: nothing built
     assert {image.id for image in docker_client.images.list(all=True)} == images_before
-    started = await eventlog.get(fact_id("digits-1", "build-started"))
-    assert started.envelope.data["reason"] == "building an image"
 
     # the registry serves exactly that digest, and the image runs the actor entry points offline
     pulled = docker_client.images.pull(built["image"])
@@ -94,9 +109,9 @@ async def test_builds_digits_pushes_it_by_digest_and_a_resubmit_builds_nothing(m
     assert failed.envelope.data["log_tail"]
 
 
-def test_a_one_line_code_change_rebuilds_only_the_code_layer(docker_client, docker_registry, digits):
+def test_a_one_line_code_change_rebuilds_only_the_code_layer(docker_client, shared_registry, digits):
     spec = JobSpec.model_validate(digits_spec())
-    settings = image_settings(docker_registry.address)
+    settings = image_settings(shared_registry.address)
     first = build_image(spec, str(digits), settings, BuildRun())
     model = digits / "model.py"
     model.write_text(model.read_text().replace("class DigitsModel", "# one changed line\nclass DigitsModel", 1))
@@ -104,7 +119,7 @@ def test_a_one_line_code_change_rebuilds_only_the_code_layer(docker_client, dock
     assert not second.cached and second.key != first.key and second.image != first.image
 
     def layers(key: str) -> list[str]:
-        return docker_client.images.get(f"{docker_registry.address}/{REPOSITORY}:{key}").attrs["RootFS"]["Layers"]
+        return docker_client.images.get(f"{shared_registry.address}/{REPOSITORY}:{key}").attrs["RootFS"]["Layers"]
 
     old, new = layers(first.key), layers(second.key)
     assert len(old) == len(new) >= 3  # base, requirements, code
@@ -131,19 +146,19 @@ def test_an_unreachable_registry_fails_at_once_with_what_to_do(docker_client, di
     assert "EMBER_REGISTRY" in unset.value.reason
 
 
-def test_a_broken_base_recipe_fails_with_its_step_and_output(docker_client, docker_registry, digits, tmp_path):
+def test_a_broken_base_recipe_fails_with_its_step_and_output(docker_client, shared_registry, digits, tmp_path):
     recipe = tmp_path / "recipe"
     recipe.mkdir()
     (recipe / "rootfs.sh").write_text("echo 'E: no mirror answers at http://mirror.invalid' >&2\nexit 3\n")
     spec = JobSpec.model_validate(digits_spec())
-    settings = ImageSettings(registry=docker_registry.address, wheelhouse=WHEELHOUSE, base_recipe=recipe)
+    settings = ImageSettings(registry=shared_registry.address, wheelhouse=WHEELHOUSE, base_recipe=recipe)
     with pytest.raises(BuildError) as err:
         build_image(spec, str(digits), settings, BuildRun())
     assert "base image step 'rootfs' failed" in err.value.reason and "exited with 3" in err.value.reason
     assert "no mirror answers" in err.value.log_tail
 
 
-def test_the_stack_runs_a_registry_for_the_docker_runtime(tmp_path, docker_registry):
+def test_the_stack_runs_a_registry_for_the_docker_runtime(tmp_path, shared_registry):
     from ember.registry import answers
     from ember.settings import Settings
     from ember.stack import Stack
@@ -156,5 +171,5 @@ def test_the_stack_runs_a_registry_for_the_docker_runtime(tmp_path, docker_regis
         assert stack.procs["registry"].alive() and (home / "registry").is_dir()
         assert Settings.from_env({"EMBER_HOME": str(home)}).resolved_registry() == address
     assert not answers(address)
-    with Stack(home, flamelets=0, mldata=False, services=("manager",), registry=True, env={**env, "EMBER_REGISTRY": docker_registry.address}) as stack:
-        assert stack.registry_address == docker_registry.address and "registry" not in stack.procs
+    with Stack(home, flamelets=0, mldata=False, services=("manager",), registry=True, env={**env, "EMBER_REGISTRY": shared_registry.address}) as stack:
+        assert stack.registry_address == shared_registry.address and "registry" not in stack.procs
