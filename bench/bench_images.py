@@ -7,12 +7,15 @@ and base images (and their wheelhouses), so the base is built from the recipe (d
 without it the base is whatever this machine has cached. The job image's cold build removes the
 requirements layer and the job's wheelhouse first (pip's own HTTP cache on the host stays warm), and
 runs against a registry that already holds the base's layers, as it does after the first job.
+Only `--cold-base` removes shared images (every ember/actor, deps, base and rootfs image on the
+engine): do not use it while anything else on the machine uses them.
 Figures go to docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import tempfile
@@ -61,8 +64,8 @@ def main() -> None:
     base = build_base(client, default_recipe(), args.wheelhouse, BuildRun(), log, pip_args=[], timeout=1800)
     results["base_build_s" if args.cold_base else "base_lookup_s"] = round(time.monotonic() - started, 2)
     results["base_size_mb"] = round(client.images.get(base.id).attrs["Size"] / MB)
-    rootfs = client.images.list(name="ember/rootfs")
-    results["rootfs_size_mb"] = round(rootfs[0].attrs["Size"] / MB) if rootfs else None
+    rootfs = client.images.get(f"ember/rootfs:{hashlib.sha256((default_recipe() / 'rootfs.sh').read_bytes()).hexdigest()[:20]}")
+    results["rootfs_size_mb"] = round(rootfs.attrs["Size"] / MB)
 
     with private_registry() as registry, tempfile.TemporaryDirectory(prefix="ember-bench-") as tmp:
         base_repo = f"{registry.address}/ember/base"
@@ -78,9 +81,14 @@ def main() -> None:
         raw = yaml.safe_load((code / "job.yaml").read_text())
         spec = JobSpec.model_validate({**raw, "runtime": "docker"})
         settings = ImageSettings(registry=registry.address, wheelhouse=args.wheelhouse, timeout=1800)
-        for image in client.images.list(name="ember/deps"):
-            client.images.remove(image.id, force=True)
-        for folder in args.wheelhouse.iterdir():  # the job's wheelhouse: every one not used by the base
+        with private_registry() as scratch:  # a first build, to know (and then drop) digits' requirements layer
+            warm = build_image(spec, str(code), ImageSettings(registry=scratch.address, wheelhouse=args.wheelhouse), BuildRun())
+        job = client.images.get(f"{scratch.address}/{REPOSITORY}:{warm.key}")
+        deps = client.images.get(job.attrs["Parent"])
+        client.images.remove(job.id, force=True)
+        for tag in deps.tags:
+            client.images.remove(tag)
+        for folder in args.wheelhouse.iterdir():  # the job's wheelhouse (the base's has no scikit-learn)
             if (folder / "wheels.json").is_file() and "scikit" in (folder / "wheels.json").read_text():
                 shutil.rmtree(folder)
 
