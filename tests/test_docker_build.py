@@ -173,3 +173,17 @@ def test_the_stack_runs_a_registry_for_the_docker_runtime(tmp_path, shared_regis
     assert not answers(address)
     with Stack(home, flamelets=0, mldata=False, services=("manager",), registry=True, env={**env, "EMBER_REGISTRY": shared_registry.address}) as stack:
         assert stack.registry_address == shared_registry.address and "registry" not in stack.procs
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_without_an_engine_docker_tests_skip_but_fail_under_ci(ci, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", "CI": ci}
+    test = f"{Path(__file__)}::test_a_one_line_code_change_rebuilds_only_the_code_layer"
+    done = subprocess.run([sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider", "-rs"], env=env, capture_output=True, text=True, timeout=120)
+    if ci:
+        assert done.returncode == 1 and "CI=true and the Docker path cannot run: no Docker engine answers" in done.stdout
+    else:
+        assert done.returncode == 0 and "1 skipped" in done.stdout and "no Docker engine answers" in done.stdout
