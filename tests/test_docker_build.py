@@ -59,6 +59,10 @@ def shared_registry(docker_client):
         unavailable(str(exc))
     with private_registry() as registry:
         yield registry
+    for image in docker_client.images.list():  # the tags naming this registry die with it
+        for tag in image.tags:
+            if tag.startswith(f"{registry.address}/"):
+                docker_client.images.remove(tag)
 
 
 def ember_images(client) -> set[str]:
