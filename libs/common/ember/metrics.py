@@ -46,7 +46,7 @@ def bus_metrics(stats: Mapping[str, int]) -> list[Metric]:
     return [handled, dropped]
 
 
-def tally_gauge(name: str, doc: str, labels: list[str], counts: Mapping[tuple[str, ...], int]) -> GaugeMetricFamily:
+def tally_gauge(name: str, doc: str, labels: list[str], counts: Mapping[Any, int]) -> GaugeMetricFamily:
     gauge = GaugeMetricFamily(name, doc, labels=labels)
     for key, value in sorted(counts.items()):
         gauge.add_metric(list(key), value)

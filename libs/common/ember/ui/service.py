@@ -68,7 +68,7 @@ class UiService(Service):
 
     async def ready(self) -> None:
         assert self.server is not None
-        while not self.server.started:
+        while not self.server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
             await asyncio.sleep(0.02)
 
     async def drain(self) -> None:
