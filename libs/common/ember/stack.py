@@ -131,7 +131,7 @@ class Stack:
         for name in self.services:
             self.group.add(name, [sys.executable, "-m", f"ember.{name}"], self._metered(name, env), group=1)
         if self.ui:
-            self.ui_port = self.ui_port or free_port()
+            self.ui_port = self.ui_port if self.ui_port and _port_free(self.ui_port) else free_port()  # busy: another one
             self.group.add("ui", [sys.executable, "-m", "ember.ui", "--port", str(self.ui_port)], self._metered("ui", env), group=1)
         mldata = {node: self._add_mldata(i, node, env) for i, node in enumerate(self.nodes, 1)} if self.mldata else {}
         for name in [*self.services, *(["ui"] if self.ui else []), *(f"mldata-{i}" for i in range(1, len(mldata) + 1))]:
@@ -339,3 +339,15 @@ def _run_in_thread(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     if "error" in box:
         raise box["error"]
     return box.get("result")
+
+
+def _port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port` (the dashboard's preferred port may be taken)."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
