@@ -11,8 +11,12 @@
     if (conn) { conn.textContent = text; conn.className = "conn " + (ok ? "ok" : "down"); }
   }
 
+  window.emberRoundSeen = {}; // round -> when this page first had it (ms since the epoch)
   function addRounds(list) {
-    for (const r of list || []) rounds.set(r.round, r);
+    for (const r of list || []) {
+      if (!rounds.has(r.round)) window.emberRoundSeen[r.round] = Date.now();
+      rounds.set(r.round, r);
+    }
   }
 
   // --- chart: one small SVG line chart per metric (and the round duration) ------------------
