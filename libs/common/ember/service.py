@@ -139,8 +139,13 @@ class Service:
         port = getattr(settings, "metrics_port", 0)
         if port:
             loop = asyncio.get_running_loop()
-            self._metrics = MetricsServer(lambda: self._collect_from_thread(loop), host=getattr(settings, "metrics_host", "127.0.0.1"), port=port)
-            self._metrics.start()
+            host = getattr(settings, "metrics_host", "127.0.0.1")
+            self._metrics = MetricsServer(lambda: self._collect_from_thread(loop), host=host, port=port)
+            try:
+                self._metrics.start()
+            except OSError as exc:
+                self._metrics = None
+                raise InvalidSettings(f"cannot serve metrics on {host}:{port}: {exc}") from None
 
     # --- lifecycle -----------------------------------------------------------------------------
     @property
@@ -158,13 +163,14 @@ class Service:
                 self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"{self.name}:loops")
                 self._runner.add_done_callback(self._runner_done)
                 await self._unless_stopped(self.ready())
+            if not self._stop.is_set():
+                self._start_metrics()
             if self.fatal is not None:
                 raise self.fatal
         except BaseException:
             await self.shutdown()
             raise
         if not self._stop.is_set():
-            self._start_metrics()
             metrics = {"metrics": self._metrics.url} if self._metrics is not None else {}
             self.log.info(f"{self.name}.started", **self.started_fields(), **metrics)
         return self

@@ -18,10 +18,12 @@ from typing import Any
 
 from ember import topics
 from ember.bus import Bus, Message
-from ember.errors import EmberError
+from ember.errors import EmberError, RequestTimeout, Unavailable
 
 LOG_LINES = 200
 """Live log lines kept per actor of a watched job."""
+RETRY = 2.0
+"""Seconds before asking again a manager that did not answer."""
 
 Fetch = Callable[[], Awaitable[Any]]
 
@@ -49,15 +51,19 @@ class Feed:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
+            retry = False
             try:
                 self.value = await self.fetch()
-            except EmberError as exc:  # the manager away or restarting: say so, try again
+            except (RequestTimeout, Unavailable) as exc:  # the manager away or restarting: say so, ask again
+                self.value, retry = {"error": exc.message}, True
+            except EmberError as exc:  # e.g. no such job (yet): the next event about it refetches
                 self.value = {"error": exc.message}
-                self._dirty.set()
             self.version += 1
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
-            await asyncio.sleep(self.min_interval if self.version > 1 or not self._dirty.is_set() else 1.0)
+            await asyncio.sleep(RETRY if retry else self.min_interval)
+            if retry:
+                self._dirty.set()
 
     async def wait_newer(self, seen: int, timeout: float) -> bool:  # noqa: ASYNC109 - heartbeat period
         """Until a value newer than `seen` is there (True) or `timeout` passes (False)."""

@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from ember.bus import Bus
+from ember.security.mqtt import MqttSecurity
 from ember.service import Service, run_main, service_parser, settings_from
 from ember.ui.app import create_app
 from ember.ui.hub import Hub
@@ -33,7 +34,12 @@ class UiService(Service):
         self.settings = settings
         self.role = settings.role()
         self.bus = Bus(
-            settings.resolved_mqtt_url(), client_id=settings.ui_client_id or None, root=settings.topic_root, keepalive=settings.keepalive, source="ui"
+            settings.resolved_mqtt_url(),
+            client_id=settings.ui_client_id or None,
+            root=settings.topic_root,
+            keepalive=settings.keepalive,
+            source="ui",
+            security=MqttSecurity.from_settings(settings),
         )
         self.hub = Hub(self.bus, min_interval=settings.ui_min_interval)
         self.app = create_app(self.hub, role=self.role, mlflow_ui=settings.ui_mlflow_url)
