@@ -49,6 +49,11 @@ def age(since: str | None, now: datetime | None = None) -> str:
     return f"{max(seconds, 0)}s"
 
 
+def age_span(since: str | None) -> str:
+    """An age the page's script keeps current between updates (from `data-since`)."""
+    return f'<span class="age" data-since="{e(since or "")}">{e(age(since))}</span>'
+
+
 def error_note(value: Any) -> str:
     if isinstance(value, dict) and "error" in value:
         return f'<p class="error">{e(value["error"])}</p>'
@@ -74,7 +79,7 @@ def nodes_table(nodes: Any) -> str:
         actors = "<br>".join(f'<a href="/jobs/{quote(a["job"])}">{e(a["actor"])}</a> {badge(a["state"])}' for a in node.get("actors") or [])
         rows.append(
             f'<tr data-node="{e(node["node"])}"><td>{e(node["node"])}</td><td class="status">{badge(node["status"])}</td>'
-            f"<td>{e(age(node.get('since')))}</td><td>{labels}</td><td>{runtimes}</td><td>{tags}</td><td>{actors}</td></tr>"
+            f"<td>{age_span(node.get('since'))}</td><td>{labels}</td><td>{runtimes}</td><td>{tags}</td><td>{actors}</td></tr>"
         )
     online = sum(1 for n in nodes if n["status"] == "online")
     return (
@@ -101,7 +106,7 @@ def jobs_table(jobs: Any, state: str = "") -> str:
         return f"<p>No {e(state) + ' ' if state else ''}jobs.</p>"
     rows = "".join(
         f'<tr data-job="{e(j["job"])}"><td><a href="/jobs/{quote(j["job"])}">{e(j["job"])}</a></td><td>{e(j["name"])}</td>'
-        f'<td class="state">{badge(j["state"])}</td><td>{progress(j)}</td><td>{e(age(j.get("submitted")))}</td><td>{e(j.get("reason", ""))}</td></tr>'
+        f'<td class="state">{badge(j["state"])}</td><td>{progress(j)}</td><td>{age_span(j.get("submitted"))}</td><td>{e(j.get("reason", ""))}</td></tr>'
         for j in shown
     )
     return f"<table><thead><tr><th>job</th><th>name</th><th>state</th><th>rounds</th><th>age</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>"
@@ -134,7 +139,7 @@ def job_parts(job: Any, logs: dict[str, list[str]], *, can_cancel: bool, mlflow_
     head = (
         f'<h1>{e(job["name"])} <small>{e(job["job"])}</small></h1>'
         f'<p><span id="job-state" data-state="{e(job["state"])}">{badge(job["state"])}</span> {progress(job)} · '
-        f'<span id="rounds-done">{job.get("rounds_completed", 0)}</span> rounds · age {e(age(job.get("submitted")))} {e(job.get("reason", ""))}</p>'
+        f'<span id="rounds-done">{job.get("rounds_completed", 0)}</span> rounds · age {age_span(job.get("submitted"))} {e(job.get("reason", ""))}</p>'
         f"<p>{' · '.join(links)} {final}</p>{cancel}"
     )
     timeline = "".join(

@@ -106,6 +106,16 @@
     }).finally(() => { fetchingGap = false; });
   }
 
+  // ages ("3m") move on between updates: recomputed here from data-since, no request
+  function age(since) {
+    const s = Math.max(0, Math.floor((Date.now() - Date.parse(since)) / 1000));
+    for (const [unit, size] of [["d", 86400], ["h", 3600], ["m", 60]]) if (s >= size) return Math.floor(s / size) + unit;
+    return s + "s";
+  }
+  setInterval(() => {
+    for (const span of document.querySelectorAll(".age[data-since]")) if (span.dataset.since) span.textContent = age(span.dataset.since);
+  }, 5000);
+
   // --- wiring -------------------------------------------------------------------------------
   if (roundsData) { addRounds(JSON.parse(roundsData.textContent || "[]")); drawChart(); }
   showLog();
