@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ember import log as ember_log
 from ember.errors import InvalidSettings
 from ember.metrics import Metric, counters
 from ember.processes import free_port
@@ -18,6 +19,13 @@ from ember.service import Service
 from ember.settings import Settings
 
 pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture(autouse=True)
+def _log_to_this_stderr() -> None:
+    """Log to the stderr of this test (a test before it may have configured logging to a captured
+    stream that is closed by now)."""
+    ember_log.configure("json", "warning")
 
 
 class Counting(Service):

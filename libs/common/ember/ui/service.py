@@ -57,7 +57,7 @@ class UiService(Service):
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind((self.settings.ui_host, self.settings.ui_port))
-        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=1, lifespan="off", access_log=False)
+        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=1, lifespan="off", access_log=False, ws="none")
         self.server = uvicorn.Server(config)
         self.server.capture_signals = _no_signals  # type: ignore[method-assign]
         await self.bus.start(wait=None)
