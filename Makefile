@@ -6,9 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test check demo bench clean mosquitto docker
+.PHONY: install test check demo bench clean mosquitto docker chromium
 
-install: $(STAMP) mosquitto docker
+install: $(STAMP) mosquitto docker chromium
 
 MEMBERS := libs/common services/manager services/builder services/notifier services/flamelet services/mldata
 PYPROJECTS := pyproject.toml $(addsuffix /pyproject.toml,$(MEMBERS))
@@ -19,7 +19,7 @@ $(STAMP): $(PYPROJECTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --config-settings editable_mode=compat \
-	  -e 'libs/common[actor,devices,cli,mongo]' $(addprefix -e ,$(wordlist 2,99,$(MEMBERS))) --group dev
+	  -e 'libs/common[actor,devices,cli,mongo,ui]' $(addprefix -e ,$(wordlist 2,99,$(MEMBERS))) --group dev
 	@touch $(STAMP)
 
 mosquitto:
@@ -50,6 +50,17 @@ docker:
 	elif ! docker info >/dev/null 2>&1; then \
 	  echo "no Docker engine answers and this is not root: the Docker tests will skip ($(DOCKER_PKGS) needed)" >&2; \
 	fi
+
+# Headless Chromium for the dashboard's browser tests (driven by Playwright with executable_path;
+# Playwright's own browser download is never used). Installed when root; otherwise those tests skip.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: no chromium: the dashboard's browser tests will be skipped ('sudo apt-get install chromium')." >&2; \
+	  fi; }
 
 test: install check
 	$(PY) -m pytest -q

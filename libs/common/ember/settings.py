@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     """Seconds the builder or a flamelet waits for a job's retained code bundle."""
     keepalive: int = 5
     """MQTT keepalive in seconds; a dead flamelet is seen offline within 1.5x this."""
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port of a long-running service's Prometheus `/metrics` endpoint; 0: none."""
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("mqtt_url")
     @classmethod

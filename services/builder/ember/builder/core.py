@@ -29,6 +29,7 @@ from ember.events import Artifact, BuildFailed, BuildStarted, BuildSucceeded, Ev
 from ember.follower import LogFollower, append_and_publish
 from ember.jobspec import JobSpec
 from ember.log import get_logger
+from ember.metrics import BUILD_SECONDS
 from ember.builder.artifacts import BuildError, BuildRun, build, bundle_file, code_folder
 from ember.builder.images import ImageSettings, build_image
 from ember.builder.settings import BuilderSettings
@@ -180,6 +181,7 @@ class Builder:
         finally:
             self.current = None
         duration = time.monotonic() - started
+        BUILD_SECONDS.labels(outcome="failed" if failure else "succeeded").observe(duration)
         await self.follower.catch_up()
         view = self.projection.jobs.get(job_id)
         if view is not None and view.state.terminal:
