@@ -47,12 +47,22 @@ class Settings(BaseSettings):
     eventlog_url: str = ""
     """`sqlite:///path` or `mongodb://...`. Empty: SQLite file under the home folder."""
     mlflow_tracking_uri: str = ""
+    registry: str = ""
+    """Image registry `host:port` the builder pushes to and nodes pull from (docker runtime).
+    Empty: the one `ember up --runtime docker` recorded in the home folder, if any."""
     node_id: str = ""
     log_format: str = "auto"
     """`json`, `console` or `auto` (console on a TTY, JSON lines otherwise)."""
     log_level: str = "info"
+    bundle_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    """Largest code bundle `ember job submit` sends (packed bytes; docs/control-plane.md)."""
+    bundle_fetch_timeout: float = Field(default=30.0, gt=0)
+    """Seconds the builder or a flamelet waits for a job's retained code bundle."""
     keepalive: int = 5
     """MQTT keepalive in seconds; a dead flamelet is seen offline within 1.5x this."""
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port of a long-running service's Prometheus `/metrics` endpoint; 0: none."""
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("mqtt_url")
     @classmethod
@@ -107,6 +117,21 @@ class Settings(BaseSettings):
         if recorded.get("identity") and recorded.get("url") == self.resolved_mqtt_url():
             return recorded["identity"]
         return ""
+
+    @property
+    def registry_file(self) -> Path:
+        return self.home / "registry.json"
+
+    def resolved_registry(self) -> str:
+        """The explicit `EMBER_REGISTRY`, else the registry `ember up --runtime docker` recorded, else ""."""
+        if self.registry:
+            return self.registry
+        try:
+            import json
+
+            return str(json.loads(self.registry_file.read_text())["address"])
+        except (OSError, ValueError, KeyError):
+            return ""
 
     def resolved_eventlog_url(self) -> str:
         return self.eventlog_url or f"sqlite:///{self.home / 'events.sqlite3'}"

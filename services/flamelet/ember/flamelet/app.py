@@ -13,21 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections import Counter as TallyCounter
+from collections.abc import Coroutine, Iterable
 from datetime import datetime
 from typing import Any
 
 from ember import topics
 from ember.bus import Bus
+from ember.datasummary import summary_stamp
 from ember.envelope import Envelope, utcnow
 from ember.errors import InvalidSettings, Unavailable
 from ember.events import ActorLogLines, ActorReport, ActorSpec, NodeStatus
 from ember.flamelet.handlers import desired_handler
-from ember.flamelet.node import node_info, summary_stamp
+from ember.flamelet.node import node_info
 from ember.flamelet.process import ProcessRuntime
 from ember.flamelet.runtime import Runtime
 from ember.flamelet.settings import FlameletSettings
 from ember.flamelet.supervisor import Supervisor
+from ember.metrics import Metric, tally_gauge
 from ember.service import Service, service_bus
 
 
@@ -88,6 +91,10 @@ class Flamelet(Service):
         if self.bus.connected:
             await self._publish_status("offline", timeout=2.0)
         await self.bus.shutdown()
+
+    def metrics(self) -> Iterable[Metric]:
+        states = TallyCounter((m.report.state.value,) for m in self.supervisor.actors.values())
+        return [tally_gauge("ember_flamelet_actors", "Actors on this node by state", ["state"], states)]
 
     def started_fields(self) -> dict[str, Any]:
         return {"actors": len(self.supervisor.actors), "runtime": self.runtime.name}

@@ -17,8 +17,8 @@ from ember.eventlog.base import EventLog, StoredEvent
 from ember.events import ActorReport, Event, JobResult, NodeInfo, NodeStatus, RoundCompleted
 from ember.follower import LogFollower, append_and_publish
 from ember.log import get_logger
-from ember.manager import decide, jobs, reports
-from ember.manager.nodes import NodeTable
+from ember.manager import decide, jobs, membership, reports
+from ember.nodes import NodeTable
 from ember.projection import Projection
 
 log = get_logger("ember.manager")
@@ -83,7 +83,7 @@ class Manager:
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         await self.catch_up()
-        return self.nodes.listing(self.projection)
+        return membership.listing(self.nodes, self.projection)
 
     # --- reports ---------------------------------------------------------------------------
     async def record_actor(self, report: ActorReport) -> None:
@@ -116,7 +116,7 @@ class Manager:
         if status is not None:
             self.nodes.update_status(status)
         await self.catch_up()
-        decision = self.nodes.membership_event(node, self.projection)
+        decision = membership.membership_event(self.nodes, node, self.projection)
         if decision is not None:
             await self.append(decision[0], node, decision[1])
 

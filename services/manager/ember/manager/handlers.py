@@ -19,7 +19,7 @@ from ember.envelope import Envelope, inbound
 from ember.errors import Unavailable
 from ember.manager import reports
 from ember.manager.core import Manager
-from ember.manager.nodes import parse_info, parse_status
+from ember.nodes import parse_info, parse_status
 
 
 class Gate:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from ember.bus import Message
 from ember.envelope import inbound
 from ember.log import get_logger
-from ember.notifier.nodes import NodeTable, parse_info, parse_status
+from ember.nodes import NodeTable, parse_info, parse_status
 
 log = get_logger("ember.notifier.handlers")
 
