@@ -148,7 +148,7 @@ async def test_code_travels_as_a_bundle_the_submitters_folder_can_go(stack: Stac
     (code / ".emberignore").write_text("*.npy\n")
     submitted = await ember_cli(stack, "job", "submit", str(code / "job.yaml"), "--json")
     shutil.rmtree(code)
-    async with Bus(stack.url, source="test") as bus:
+    async with Bus(stack.url, source="test", security=stack.security()) as bus:
         job = await wait_job(bus, submitted["job"])
     assert job["state"] == "succeeded", job["reason"]
     assert len(job["rounds"]) == 2 and all(len(r["learners"]) == 3 for r in job["rounds"])
