@@ -51,6 +51,8 @@ def actor_event(report: ActorReport, job: JobView | None) -> tuple[str, ActorSta
         return Skip(f"job {report.job} has no actor {report.actor}")
     if actor.node != report.node:
         return Skip(f"actor {report.actor} is placed on {actor.node}, not {report.node}")
+    if actor.generation < job.generation:
+        return Skip(f"fenced: actor {report.actor} is of generation {actor.generation}, the job is at {job.generation}")
     if actor.state.terminal or ORDER[report.state] < ORDER[actor.state]:
         return Skip(f"stale report: actor is already {actor.state.value}", quiet=True)
     event = ActorStateChanged(
