@@ -24,8 +24,25 @@ import pytest
 from ember import topics
 from ember.bus import Bus, Message
 from ember.devices.publish import put_table
-from ember.events import ActorReport
+from ember.envelope import Envelope
+from ember.eventlog.base import StoredEvent
+from ember.events import (
+    ActorReport,
+    ActorsPlaced,
+    ActorState,
+    ActorStateChanged,
+    Artifact,
+    BuildSucceeded,
+    Event,
+    JobResult,
+    JobSubmitted,
+    Placement,
+    Role,
+    RoundCompleted,
+)
 from ember.flamelet import shim
+from ember.manager.reports import Skip, actor_event, progress_event
+from ember.projection import JobView, Projection
 from ember.stack import Stack
 from ember.testing import assert_eventually
 
@@ -229,3 +246,45 @@ def test_the_shim_stops_its_actor_once_no_flamelet_owns_the_node(tmp_path: Path)
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# --- the control plane's half, as pure functions of the log ---------------------------------------
+
+
+def folded(*events: Event) -> JobView:
+    projection = Projection()
+    for seq, event in enumerate(events, start=1):
+        projection.apply(StoredEvent(seq, "job", Envelope(id=f"e{seq}", type=type(event).__name__, subject="j", data=event.model_dump(mode="json"))))
+    return projection.jobs["j"]
+
+
+def test_a_re_placement_fences_the_actors_it_leaves_out_and_the_manager_drops_their_reports() -> None:
+    first = [Placement(actor="agg", role=Role.AGGREGATOR, node="n1", index=0),
+             Placement(actor="l0", role=Role.LEARNER, node="n1", index=0), Placement(actor="l1", role=Role.LEARNER, node="n2", index=1)]
+    second = [*first[:2], Placement(actor="l1-g2", role=Role.LEARNER, node="n3", index=1)]
+    job = folded(
+        JobSubmitted(spec={"name": "x", "probe": {}}, name="x"), BuildSucceeded(artifact=Artifact(key="k")), ActorsPlaced(actors=first),
+        *(ActorStateChanged(actor=p.actor, node=p.node, role=p.role, state=ActorState.RUNNING) for p in first),
+        ActorsPlaced(generation=2, actors=second, reason="node lost: n2; re-placed l1"),
+        ActorStateChanged(actor="l1", node="n2", role=Role.LEARNER, state=ActorState.EXITED, exit_code=0),  # too late: fenced
+    )
+    actors = {a.actor: a for a in job.actors.values()}
+    assert actors["l1"].state == ActorState.LOST and actors["l1"].reason == "fenced: re-placed in generation 2 (node lost: n2; re-placed l1)"
+    assert actors["l0"].state == ActorState.RUNNING and actors["l0"].generation == 2, "a survivor keeps its state"
+    assert {a.actor for a in job.current_actors()} == {"agg", "l0", "l1-g2"}
+
+    late = ActorReport(actor="l1", job="j", node="n2", role=Role.LEARNER, state=ActorState.RUNNING)
+    skipped = actor_event(late, job)
+    assert isinstance(skipped, Skip) and skipped.reason.startswith("fenced: actor l1 is of generation 1")
+    fresh = ActorReport(actor="l1-g2", job="j", node="n3", role=Role.LEARNER, state=ActorState.RUNNING)
+    assert not isinstance(actor_event(fresh, job), Skip)
+
+    # an aggregator left out by a re-placement is not heard either; the current one is
+    third = [Placement(actor="agg-g3", role=Role.AGGREGATOR, node="n3", index=0), *second[1:]]
+    job = folded(
+        JobSubmitted(spec={"name": "x", "probe": {}}, name="x"), BuildSucceeded(artifact=Artifact(key="k")), ActorsPlaced(actors=first),
+        ActorsPlaced(generation=2, actors=second), ActorsPlaced(generation=3, actors=third),
+    )
+    assert isinstance(progress_event(RoundCompleted(round=4), job, "j", "agg"), Skip)
+    assert isinstance(progress_event(JobResult(), job, "j", "agg"), Skip)
+    assert progress_event(RoundCompleted(round=4), job, "j", "agg-g3") == ("j:round:4", RoundCompleted(round=4))

@@ -86,7 +86,7 @@ def register(bus: Bus, manager: Manager, gate: Gate) -> None:
 
     async def on_progress(message: Message) -> None:
         assert message.envelope is not None
-        await manager.record_progress(message.params["job"], reports.parse_progress(message.envelope))
+        await manager.record_progress(message.params["job"], reports.parse_progress(message.envelope), message.envelope.source)
 
     async def on_info(message: Message) -> None:
         assert message.envelope is not None

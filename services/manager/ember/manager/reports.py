@@ -76,11 +76,15 @@ def parse_progress(envelope: Envelope) -> RoundCompleted | JobResult:
     raise ValueError(f"expected a RoundCompleted or JobResult envelope on a progress topic, got {envelope.type!r}")
 
 
-def progress_event(report: RoundCompleted | JobResult, job: JobView | None, job_id: str) -> tuple[str, Event] | Skip:
+def progress_event(report: RoundCompleted | JobResult, job: JobView | None, job_id: str, source: str = "") -> tuple[str, Event] | Skip:
     """For a known job: a round as `{job}:round:{n}`, the final result as `{job}:result` (its
-    metrics, MLflow run and model version)."""
+    metrics, MLflow run and model version). `source` is the publishing actor: an aggregator a
+    re-placement fenced is not heard."""
     if job is None:
         return Skip(f"unknown job {job_id}")
+    sender = job.actors.get(source)
+    if sender is not None and sender.generation < job.generation:
+        return Skip(f"fenced: {source} is of generation {sender.generation}, the job is at {job.generation}")
     if not isinstance(report, RoundCompleted):
         return fact_id(job_id, "result"), ResultReported(**report.model_dump())
     if report.round < 1:
