@@ -12,7 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from ember import events, topics
+from ember import actions, events, topics
 from ember.bus import Bus
 from ember.cli.main import app
 from ember.testing import free_port
@@ -82,14 +82,13 @@ def test_commands_find_the_broker_recorded_by_ember_up(cli, mqtt_broker, ember_h
     async def fake_manager() -> None:
         bus = Bus(mqtt_broker.url, client_id="fake-manager")
 
-        async def list_nodes(_envelope):
+        async def list_nodes(_request, _envelope):
             return nodes
 
-        bus.serve("nodes.list", list_nodes)
+        bus.serve(actions.NODES_LIST, list_nodes)
         async with bus:
             ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
+            await asyncio.to_thread(stop.wait)
 
     thread = threading.Thread(target=lambda: asyncio.run(fake_manager()), daemon=True)
     thread.start()

@@ -86,10 +86,6 @@ class JobSubmitted(Event):
     """Folder the spec's relative `code.path` is resolved against."""
 
 
-class JobAccepted(Event):
-    reason: str = "spec valid"
-
-
 class BuildStarted(Event):
     reason: str = ""
 

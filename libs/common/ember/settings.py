@@ -31,7 +31,16 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: ember_home())
     mqtt_url: str = ""
-    """Broker URL `mqtt://host:port`. Empty: the broker recorded by `ember up`, else localhost."""
+    """Broker URL `mqtt://host:port` (`mqtts://` for TLS). Empty: the broker recorded by `ember up`, else localhost."""
+    identity: str = ""
+    """Path of an identity bundle from `ember provision` (username, password, CA certificate)."""
+    mqtt_username: str = ""
+    mqtt_password: str = Field(default="", repr=False)
+    mqtt_ca_file: str = ""
+    """CA certificate(s) that verify the broker over `mqtts://` (default: the bundle's, else the system's)."""
+    mqtt_cert_file: str = ""
+    """Client certificate sent over `mqtts://` (optional; with `mqtt_key_file`)."""
+    mqtt_key_file: str = ""
     topic_root: str = "ember/v1"
     eventlog_url: str = ""
     """`sqlite:///path` or `mongodb://...`. Empty: SQLite file under the home folder."""
@@ -91,9 +100,17 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.sqlite3'}"
 
 
+TLS_SCHEMES = ("mqtts", "ssl", "tls")
+
+
 def parse_mqtt_url(url: str) -> tuple[str, int]:
-    """`mqtt://host:port` -> (host, port); port defaults to 1883."""
+    """`mqtt://host:port` -> (host, port); port defaults to 1883, or 8883 for `mqtts://` (TLS)."""
     parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    if parsed.scheme not in ("mqtt", "tcp"):
-        raise ValueError(f"unsupported MQTT URL scheme {parsed.scheme!r} in {url!r} (use mqtt://host:port)")
-    return parsed.hostname or "127.0.0.1", parsed.port or 1883
+    if parsed.scheme not in ("mqtt", "tcp", *TLS_SCHEMES):
+        raise ValueError(f"unsupported MQTT URL scheme {parsed.scheme!r} in {url!r} (use mqtt://host:port or mqtts://host:port)")
+    return parsed.hostname or "127.0.0.1", parsed.port or (8883 if parsed.scheme in TLS_SCHEMES else 1883)
+
+
+def mqtt_url_uses_tls(url: str) -> bool:
+    """Whether `url` asks for MQTT over TLS (`mqtts://host:port`)."""
+    return "://" in url and urlparse(url).scheme in TLS_SCHEMES

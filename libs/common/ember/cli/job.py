@@ -32,6 +32,7 @@ from ember.cli.common import (
 )
 from ember.cli.render import detail
 from ember.cli.watch import TERMINAL, follow_job
+from ember.envelope import inbound
 from ember.errors import EmberError, NotFound, RequestTimeout
 from ember.events import ActorLogLines
 from ember.jobspec import load_spec_file
@@ -198,7 +199,8 @@ def logs(
             done = asyncio.Event()
 
             async def on_lines(message: Message) -> None:
-                lines = ActorLogLines.model_validate(message.envelope.data if message.envelope else {})
+                with inbound():
+                    lines = ActorLogLines.model_validate(message.body.data)
                 if lines.job == job and (actor is None or lines.actor == actor):
                     for line in lines.lines:
                         console.print(f"[cyan]{escape(lines.actor)}[/] │ {escape(line)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ember.cli import asyncapi, data, devices, job, node, up
+from ember.cli import asyncapi, data, devices, job, node, provision, up
 from ember.cli.common import EXIT_HELP
 from ember.cli.services import add_service_commands
 
@@ -22,6 +22,7 @@ app.add_typer(node.app, name="node")
 app.add_typer(data.app, name="data")
 app.add_typer(devices.app, name="devices")
 app.command("asyncapi")(asyncapi.asyncapi)
+app.add_typer(provision.app, name="provision")
 add_service_commands(app)
 
 

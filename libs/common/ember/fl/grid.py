@@ -51,7 +51,7 @@ from ember.bus import Message as BusMessage
 from ember.errors import EmberError
 from ember.fl import flwr_compat as compat
 from ember.fl.rounds import RoundBook, round_key
-from ember.fl.serde import Kind, Reassembler, chunk_message, decode_frame, pack_cast, signal
+from ember.fl.serde import FrameError, Kind, Reassembler, chunk_message, decode_frame, pack_cast, signal
 from ember.log import get_logger
 
 T = TypeVar("T")
@@ -458,7 +458,7 @@ class MqttGrid(Grid):
             return
         if not message.payload:
             return
-        frame = decode_frame(message.payload)  # ValueError: the bus logs, counts and drops it
+        frame = decode_frame(message.payload)  # FrameError: the bus drops it with one warning
         if frame.kind == "ready":
             if actor not in self._ready or actor in self._gone:
                 self.log.info("grid.learner_ready", actor=actor, joined=actor in self._joining)
@@ -480,7 +480,7 @@ class MqttGrid(Grid):
             pending.future.set_result(self._decoded(data))
             self.stats["replies"] += 1
         else:
-            raise ValueError(f"unexpected {frame.kind!r} frame from learner {actor}")
+            raise FrameError(f"unexpected {frame.kind!r} frame from learner {actor}")
 
     @staticmethod
     def _decoded(data: bytes) -> bytes | Message:

@@ -25,11 +25,12 @@ from typing import Any
 from ember import topics
 from ember.bus import Bus, Message
 from ember.data.settings import read_url
+from ember.datasummary import summary_stamp
 from ember.envelope import Envelope, utcnow
 from ember.errors import InvalidSettings, Unavailable
 from ember.events import ActorLogLines, ActorReport, ActorSpec, NodeStatus
 from ember.flamelet.handlers import desired_handler
-from ember.flamelet.node import node_info, summary_stamp
+from ember.flamelet.node import node_info
 from ember.flamelet.process import ProcessRuntime
 from ember.flamelet.runtime import Runtime
 from ember.flamelet.settings import FlameletSettings

@@ -27,7 +27,7 @@ from ember.follower import LogFollower, append_and_publish
 from ember.notifier.core import decide
 from ember.notifier.desired import ActorEnv, desired_actors
 from ember.notifier.handlers import node_handlers
-from ember.notifier.nodes import NodeTable
+from ember.nodes import NodeTable
 from ember.notifier.settings import NotifierSettings
 from ember.projection import Projection
 from ember.service import Service, service_bus
