@@ -253,6 +253,16 @@ class DesiredState(_Model):
     actors: list[ActorSpec] = Field(default_factory=list)
 
 
+class JobPlacement(_Model):
+    """Published (retained) by the notifier on `jobs/{job}/placement`: the actors of the job's current
+    generation and their nodes (none once the job ended). An actor not listed is fenced."""
+
+    job: str
+    generation: int
+    actors: list[Placement] = Field(default_factory=list)
+    ended: bool = False
+
+
 class ActorReport(_Model):
     """Published (retained) by a flamelet on `nodes/{node}/actors/{actor}/state`."""
 

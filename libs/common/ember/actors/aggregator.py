@@ -8,8 +8,8 @@ PYTHONPATH holds the user's code folder.
 It runs the job's Flower strategy (or the user's ServerApp) over MQTT (`ember.fl.orchestrator`),
 publishes `RoundCompleted` after every round and `JobResult` at the end on `jobs/{job}/progress`.
 
-It follows its own placement (`ember.fl.fence`): learners re-placed after a node loss join the
-run, fenced ones are dropped, and once it is itself no longer desired on its node it stops.
+It follows its job's placement (`ember.fl.fence`): learners re-placed after a node loss join the
+run, fenced ones are dropped, and once it is itself no longer placed it stops.
 
 Exit codes: 0 success, after printing one stdout line `EMBER_RESULT {"metrics": ...,
 "mlflow_run_id": ..., "model_version": ...}`; 1 the job failed (the last log line,
@@ -60,7 +60,7 @@ async def run(settings: object) -> int:
     aggregator = Orchestrator(
         bus, spec, job=settings.job_id, actor=actor, learners=settings.learner_ids(), code_dir=code_dir or None, tracking_uri=settings.tracking_uri()
     )
-    PlacementWatch(bus, node=settings.node_id, actor=actor, on_fenced=aggregator.fence, on_roster=aggregator.follow)
+    PlacementWatch(bus, job=settings.job_id, actor=actor, generation=settings.generation, on_fenced=aggregator.fence, on_roster=aggregator.follow)
     stopped = False
 
     def on_sigterm() -> None:

@@ -9,8 +9,8 @@ preprocesses the ModelManager once (or loads the user's Flower ClientApp, with
 `context.node_config` = `partition-id` / `num-partitions`), announces `ready`, answers every
 Flower message from the aggregator, and exits 0 when the aggregator says `done`.
 
-It watches its own placement (`ember.fl.fence`): once it is no longer desired on its node (the
-node was declared lost and the learner re-placed elsewhere, or the job ended) it stops itself,
+It watches its job's placement (`ember.fl.fence`): once it is no longer placed (its node was
+declared lost and the learner re-placed elsewhere, or the job ended) it stops itself,
 whether or not its flamelet is still there to stop it.
 
 Exit codes: 0 done; 1 could not prepare (data, code) — the reason is the last log line and is
@@ -71,7 +71,7 @@ async def run(settings: object) -> int:
         code_dir=code_dir or None,
     )
     bus, endpoint = learner_bus(settings.resolved_mqtt_url(), root=settings.topic_root, job=job, actor=actor, keepalive=settings.keepalive)
-    watch = PlacementWatch(bus, node=settings.node_id, actor=actor, on_fenced=endpoint.stop)
+    watch = PlacementWatch(bus, job=settings.job_id, actor=actor, generation=settings.generation, on_fenced=endpoint.stop)
     stopped = False
 
     def on_sigterm() -> None:

@@ -11,7 +11,8 @@ Least privilege, one block per principal (Mosquitto denies whatever no line gran
 - operator: every request; viewer: only the requests that change nothing (`READ_ONLY_ACTIONS`);
   both read events, node reports and progress (not desired states, data or Flower frames).
 - an actor of job J: the aggregator writes progress, `fl/+/down` and the cast topic of J and
-  reads J's `fl/+/up`; learner A writes only `jobs/J/fl/A/up` and reads its down and the cast.
+  reads J's `fl/+/up`; learner A writes only `jobs/J/fl/A/up` and reads its down and the cast;
+  both read J's placement (the notifier writes it), by which they are fenced.
 - everyone reads replies addressed to its own client id (`pattern read .../reply/%c`).
 
 Node names go into explicit `user` blocks, never `pattern ... %u` lines: a pattern applies to every
@@ -61,6 +62,7 @@ class Policy:
     actor_state: topics.TopicTemplate = topics.ACTOR_STATE
     actor_log: topics.TopicTemplate = topics.ACTOR_LOG
     job_progress: topics.TopicTemplate = topics.JOB_PROGRESS
+    job_placement: topics.TopicTemplate = topics.JOB_PLACEMENT
     fl_down: topics.TopicTemplate = topics.FL_DOWN
     fl_cast: topics.TopicTemplate = topics.FL_CAST
     fl_up: topics.TopicTemplate = topics.FL_UP
@@ -77,7 +79,7 @@ class Policy:
     def templates(self) -> tuple[topics.TopicTemplate, ...]:
         return (
             self.request, self.reply, self.event, self.node_info, self.node_status, self.node_desired, self.actor_state,
-            self.actor_log, self.job_progress, self.fl_down, self.fl_cast, self.fl_up, self.data,
+            self.actor_log, self.job_progress, self.job_placement, self.fl_down, self.fl_cast, self.fl_up, self.data,
         )  # fmt: skip
 
     @property
@@ -110,7 +112,8 @@ class Policy:
                     r("write", self.event, aggregate=e.aggregate, type=e.__name__) for e in EVENT_WRITERS.get(identity.name, ())
                 ]
                 if identity.name == "notifier":
-                    own += [r("read", self.node_info), r("read", self.node_status), r("write", self.node_desired)]
+                    own += [r("read", self.node_info), r("read", self.node_status), r("write", self.node_desired),
+                            r("write", self.job_placement)]
                 return [r("read", self.event), *own]
             case Kind.node if self.actors_as_node:
                 return [*self._node_rules(node), *self._actor_rules(Role.AGGREGATOR), *self._actor_rules(Role.LEARNER)]
@@ -142,12 +145,13 @@ class Policy:
         if role == Role.AGGREGATOR:
             return [
                 r("write", self.job_progress, job=job), r("write", self.fl_down, job=job),
-                r("write", self.fl_cast, job=job), r("read", self.fl_up, job=job),
+                r("write", self.fl_cast, job=job), r("read", self.fl_up, job=job), r("read", self.job_placement, job=job),
             ]  # fmt: skip
         return [
             r("write", self.fl_up, job=job, actor=actor),
             r("read", self.fl_down, job=job, actor=actor),
             r("read", self.fl_cast, job=job),
+            r("read", self.job_placement, job=job),
         ]
 
     def render(self, identities: Iterable[Identity]) -> str:
