@@ -195,6 +195,47 @@ async def test_a_killed_flamelet_is_fenced_and_its_learner_replaced_in_the_runni
     stack.wait_ready(60)
 
 
+async def test_the_aggregators_node_killed_its_replacement_finishes_the_job(stack: Stack) -> None:
+    """The aggregator is re-placed too: the fenced one stops without telling the learners `done`, and
+    the new one trains them to the end."""
+    async with Bus(stack.url, source="test") as bus:
+        reports = Reports(bus)
+        job_id = (await bus.request("jobs.submit", {"spec": tiny_spec(rounds=40), "spec_dir": str(APP_DIR)}, timeout=30))["job"]
+        view, _learner, _ = await running_on_one_node(stack, bus, reports, job_id)
+        old = next(a for a in view["actors"] if a["role"] == "aggregator")
+        flamelet = f"node-{old['node'].split('-')[1]}"
+
+        async def rounds_done() -> bool:
+            return len((await job_view(bus, job_id))["rounds"]) >= 2
+
+        await assert_eventually(rounds_done, timeout=60, interval=0.2)
+        aggregator_pid = await child_of(reports.actors[old["actor"]].pid or 0)
+        stack.kill(flamelet)
+
+        async def replaced() -> dict[str, Any] | None:
+            current = await job_view(bus, job_id)
+            state = next(a["state"] for a in current["actors"] if a["actor"] == old["actor"])
+            return current if state == "lost" and current["state"] in ("deploying", "running") else None
+
+        await assert_eventually(replaced, timeout=60, interval=0.2, message="the lost aggregator was not re-placed")
+        await assert_eventually(lambda: not alive(aggregator_pid), timeout=60, message="the fenced aggregator still runs")
+        log = (stack.home / "nodes" / old["node"] / "actors" / f"{old['actor']}.log").read_text()
+        assert '"aggregator.fenced"' in log, log[-2000:]
+
+        async def ended() -> dict[str, Any] | None:
+            current = await job_view(bus, job_id)
+            return current if current["state"] in ("succeeded", "failed", "cancelled") else None
+
+        final = await assert_eventually(ended, timeout=240, interval=0.5, message=f"{job_id} did not end")
+    assert final["state"] == "succeeded", final["reason"]
+    new = next(a for a in final["actors"] if a["role"] == "aggregator" and a["generation"] == 2)
+    assert new["state"] == "exited" and new["node"] != old["node"], new
+    current_learners = sorted(a["actor"] for a in final["actors"] if a["role"] == "learner" and a["generation"] == 2)
+    assert final["rounds"][-1]["learners"] == current_learners
+    stack.restart(flamelet)
+    stack.wait_ready(60)
+
+
 async def test_a_node_that_comes_back_stops_what_is_no_longer_desired_before_it_says_online(stack: Stack) -> None:
     async with Bus(stack.url, source="test") as bus:
         reports = Reports(bus)
