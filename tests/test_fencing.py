@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from ember import topics
+from ember.bundle_bus import submit_job
 from ember.bus import Bus, Message
 from ember.devices.publish import put_table
 from ember.envelope import Envelope
@@ -145,7 +146,7 @@ async def running_on_one_node(stack: Stack, bus: Bus, reports: Reports, job_id: 
 async def test_a_killed_flamelet_is_fenced_and_its_learner_replaced_in_the_running_job(stack: Stack) -> None:
     async with Bus(stack.url, source="test") as bus:
         reports = Reports(bus)
-        job_id = (await bus.request("jobs.submit", {"spec": tiny_spec(rounds=60), "spec_dir": str(APP_DIR)}, timeout=30))["job"]
+        job_id = (await submit_job(bus, tiny_spec(rounds=60), APP_DIR))["job"]
         view, victim, flamelet = await running_on_one_node(stack, bus, reports, job_id)
 
         async def rounds_done() -> bool:
@@ -200,7 +201,7 @@ async def test_the_aggregators_node_killed_its_replacement_finishes_the_job(stac
     the new one trains them to the end."""
     async with Bus(stack.url, source="test") as bus:
         reports = Reports(bus)
-        job_id = (await bus.request("jobs.submit", {"spec": tiny_spec(rounds=40), "spec_dir": str(APP_DIR)}, timeout=30))["job"]
+        job_id = (await submit_job(bus, tiny_spec(rounds=40), APP_DIR))["job"]
         view, _learner, _ = await running_on_one_node(stack, bus, reports, job_id)
         old = next(a for a in view["actors"] if a["role"] == "aggregator")
         flamelet = f"node-{old['node'].split('-')[1]}"
@@ -239,7 +240,7 @@ async def test_the_aggregators_node_killed_its_replacement_finishes_the_job(stac
 async def test_a_node_that_comes_back_stops_what_is_no_longer_desired_before_it_says_online(stack: Stack) -> None:
     async with Bus(stack.url, source="test") as bus:
         reports = Reports(bus)
-        job_id = (await bus.request("jobs.submit", {"spec": probe_spec(), "spec_dir": str(APP_DIR)}, timeout=30))["job"]
+        job_id = (await submit_job(bus, probe_spec(), APP_DIR))["job"]
         try:
             _view, victim, flamelet = await running_on_one_node(stack, bus, reports, job_id)
             shim_pid = reports.actors[victim["actor"]].pid or 0

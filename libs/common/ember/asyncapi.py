@@ -67,6 +67,7 @@ ROLES: dict[topics.TopicTemplate, tuple[str, str]] = {
     topics.FL_CAST: ("aggregator actor", "every learner actor of the job"),
     topics.FL_UP: ("learner actor", "aggregator actor"),
     topics.DATA: ("edge devices", "mldata"),
+    topics.BUNDLE: ("ember CLI before jobs.submit, builder for git sources (retained; cleared by the builder)", "builder, process-runtime flamelets"),
 }
 
 PARAM_DOC = {
@@ -78,6 +79,7 @@ PARAM_DOC = {
     "actor": "actor id",
     "job": "job id, `{name}-{8 hex}`",
     "tag": "data tag",
+    "digest": "code bundle digest, `sha256:<64 hex>`",
 }
 
 

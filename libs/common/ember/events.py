@@ -91,13 +91,17 @@ class BuildStarted(Event):
 
 
 class Artifact(_Model):
-    kind: str = "venv"  # venv | image
+    kind: str = "venv"  # bundle | venv | image
     key: str
     """Content hash of code + requirements."""
     python: str = ""
     code_dir: str = ""
     image: str = ""
     cached: bool = False
+    bundle: str = ""
+    """`bundle`: digest of the code bundle a node fetches from `bundles/{digest}` (ember.bundle_bus)."""
+    requirements: list[str] = Field(default_factory=list)
+    """`bundle`: what a node installs next to the code (in a venv it caches by their hash)."""
 
 
 class BuildSucceeded(Event):

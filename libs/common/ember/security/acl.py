@@ -4,11 +4,12 @@ Least privilege, one block per principal (Mosquitto denies whatever no line gran
 
 - manager: reads requests, node reports and job progress; writes replies and every event.
 - builder, notifier: read events; write only the event types they append (`EVENT_WRITERS`); the
-  notifier alone writes `nodes/+/desired`.
-- node N (its flamelet and mldata): writes only `nodes/N/...`, reads only its own desired state and
-  the data addressed to it.
+  notifier alone writes `nodes/+/desired`; the builder reads, publishes and clears `bundles/+`.
+- node N (its flamelet and mldata): writes only `nodes/N/...`, reads only its own desired state,
+  the data addressed to it and code bundles (by digest, verified on fetch).
 - devices of node N: write only node N's data topics.
-- operator: every request; viewer: only the requests that change nothing (`READ_ONLY_ACTIONS`);
+- operator: every request and publishing code bundles (before `jobs.submit`); viewer: only the
+  requests that change nothing (`READ_ONLY_ACTIONS`);
   both read events, node reports and progress (not desired states, data or Flower frames).
 - an actor of job J: the aggregator writes progress, `fl/+/down` and the cast topic of J and
   reads J's `fl/+/up`; learner A writes only `jobs/J/fl/A/up` and reads its down and the cast;
@@ -67,6 +68,7 @@ class Policy:
     fl_cast: topics.TopicTemplate = topics.FL_CAST
     fl_up: topics.TopicTemplate = topics.FL_UP
     data: topics.TopicTemplate = topics.DATA
+    bundle: topics.TopicTemplate = topics.BUNDLE
     actors_as_node: bool = False
     """Transitional: actors connect with their node's identity (no per-job credentials yet), so a
     node may also use every job's actor topics (`_actor_rules` with `job=+`). Off: least privilege."""
@@ -79,7 +81,7 @@ class Policy:
     def templates(self) -> tuple[topics.TopicTemplate, ...]:
         return (
             self.request, self.reply, self.event, self.node_info, self.node_status, self.node_desired, self.actor_state,
-            self.actor_log, self.job_progress, self.job_placement, self.fl_down, self.fl_cast, self.fl_up, self.data,
+            self.actor_log, self.job_progress, self.job_placement, self.fl_down, self.fl_cast, self.fl_up, self.data, self.bundle,
         )  # fmt: skip
 
     @property
@@ -114,6 +116,8 @@ class Policy:
                 if identity.name == "notifier":
                     own += [r("read", self.node_info), r("read", self.node_status), r("write", self.node_desired),
                             r("write", self.job_placement)]
+                if identity.name == "builder":
+                    own += [r("readwrite", self.bundle)]
                 return [r("read", self.event), *own]
             case Kind.node if self.actors_as_node:
                 return [*self._node_rules(node), *self._actor_rules(Role.AGGREGATOR), *self._actor_rules(Role.LEARNER)]
@@ -122,7 +126,7 @@ class Policy:
             case Kind.devices:
                 return [r("write", self.data, node=node)]
             case Kind.user if identity.role == UserRole.operator:
-                return [r("write", self.request), *self._reports("read")]
+                return [r("write", self.request), r("write", self.bundle), *self._reports("read")]
             case Kind.user:
                 return [*(r("write", self.request, action=a) for a in READ_ONLY_ACTIONS), *self._reports("read")]
             case Kind.actor:
@@ -134,7 +138,7 @@ class Policy:
         return [
             r("write", self.node_info, node=node), r("write", self.node_status, node=node),
             r("write", self.actor_state, node=node), r("write", self.actor_log, node=node),
-            r("read", self.node_desired, node=node), r("read", self.data, node=node),
+            r("read", self.node_desired, node=node), r("read", self.data, node=node), r("read", self.bundle),
         ]  # fmt: skip
 
     def _actor_rules(self, role: str, **fixed: str) -> list[Rule]:
