@@ -149,7 +149,7 @@ def _aggregate(pairs: list[tuple[int, dict[str, Any]]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key in pairs[0][1]:
         values = [float(m[key]) for _, m in pairs]
-        out[key] = max(values) if key in ("compute_s", "load_s") else sum(n * v for (n, _), v in zip(pairs, values)) / total
+        out[key] = max(values) if key in ("compute_s", "load_s") else sum(n * v for (n, _), v in zip(pairs, values, strict=True)) / total
     return out
 
 
@@ -190,7 +190,7 @@ def compat_server(app: Path, port: int, out: Path) -> None:
         "round_seconds": [marks[r] - marks[r - 1] for r in range(1, rounds + 1)],
         "train_compute_s": series(fit, "compute_s"),
         "evaluate_compute_s": series(dist, "compute_s"),
-        "load_s": [a + b for a, b in zip(series(fit, "load_s"), series(dist, "load_s"))],
+        "load_s": [a + b for a, b in zip(series(fit, "load_s"), series(dist, "load_s"), strict=True)],
     }
     print("FLOWERDIGITS_RESULT " + json.dumps(summary), flush=True)
     out.write_text(json.dumps(summary))

@@ -124,7 +124,7 @@ async def test_digits_succeeds_and_is_tracked_in_mlflow(stack: Stack, digits: Pa
     assert (result["mlflow_run_id"], result["model_version"]) == (run_id, version)
     report = await ember_cli(stack, "job", "report", job["job"], "--out", str(stack.home / "report.png"), "--json")
     assert report["rounds"] == rounds and (report["mlflow_run_id"], report["model_version"]) == (run_id, version), report
-    assert Path(report["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(report["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # noqa: ASYNC240 (a few bytes, in a test)
     printed = await ember_cli(stack, "job", "report", job["job"], "--out", str(stack.home / "report2.png"))
     assert f"MLflow run: {run_id}" in printed and f"model version: {version}" in printed, printed
     history = client.get_metric_history(run_id, "eval_accuracy")

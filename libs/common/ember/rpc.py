@@ -12,6 +12,7 @@ service publish anywhere else.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,6 +23,7 @@ from ember import topics
 from ember.actions import REPLY_TYPE, Action, Payload
 from ember.envelope import DecodeError, Envelope, decode
 from ember.errors import EmberError, InvalidRequest, to_reply
+from ember.metrics import REQUEST_SECONDS
 
 if TYPE_CHECKING:
     from ember.bus import Bus, Message
@@ -55,6 +57,7 @@ class Responder:
             self.bus.drop(message.topic, exc.message, len(message.payload))
             await self._reply(props, envelope.id if envelope else "", {"ok": False, "error": to_reply(exc)})
             return
+        started = time.perf_counter()
         try:
             data: dict[str, Any] = {"ok": True, "result": action.result(await handler(request, envelope))}
         except EmberError as exc:
@@ -63,6 +66,8 @@ class Responder:
             self.bus.stats["handler_errors"] += 1
             self.bus.log.exception("bus.request_failed", action=action.name)
             data = {"ok": False, "error": to_reply(exc)}
+        outcome = "ok" if data["ok"] else "error"
+        REQUEST_SECONDS.labels(action=action.name, outcome=outcome).observe(time.perf_counter() - started)
         await self._reply(props, envelope.id, data)
 
     @staticmethod

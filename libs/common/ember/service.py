@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Self, TypeVar
 
 from pydantic import ValidationError
@@ -46,6 +46,7 @@ from pydantic import ValidationError
 from ember import log as ember_log
 from ember.bus import Bus
 from ember.errors import EmberError, InvalidSettings
+from ember.metrics import Metric, MetricsServer, bus_metrics
 from ember.settings import Settings
 
 S = TypeVar("S", bound=Settings)
@@ -82,6 +83,7 @@ class Service:
         self._runner: asyncio.Task[None] | None = None
         self._shutdown: asyncio.Task[None] | None = None
         self._fatal_raised = False
+        self._metrics: MetricsServer | None = None
 
     # --- hooks -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -113,6 +115,38 @@ class Service:
         """Fields of the `<name>.stopped` log line."""
         return {}
 
+    def metrics(self) -> Iterable[Metric]:
+        """Prometheus metrics read from the service's state at each scrape, besides the bus
+        counters (`ember.metrics`); called on the event loop's thread."""
+        return ()
+
+    # --- metrics -------------------------------------------------------------------------------
+    def _collect(self) -> list[Metric]:
+        """Runs on the event loop's thread (the scrape's thread waits for it): the state it reads
+        is only ever changed there."""
+        bus = getattr(self, "bus", None)
+        return [*(bus_metrics(bus.stats) if bus is not None else ()), *self.metrics()]
+
+    def _collect_from_thread(self, loop: asyncio.AbstractEventLoop) -> list[Metric]:
+        async def collect() -> list[Metric]:
+            return self._collect()
+
+        return asyncio.run_coroutine_threadsafe(collect(), loop).result(timeout=10)
+
+    def _start_metrics(self) -> None:
+        """Serve `/metrics` when the service's settings (`self.settings`) set `metrics_port`."""
+        settings = getattr(self, "settings", None)
+        port = getattr(settings, "metrics_port", 0)
+        if port:
+            loop = asyncio.get_running_loop()
+            host = getattr(settings, "metrics_host", "127.0.0.1")
+            self._metrics = MetricsServer(lambda: self._collect_from_thread(loop), host=host, port=port)
+            try:
+                self._metrics.start()
+            except OSError as exc:
+                self._metrics = None
+                raise InvalidSettings(f"cannot serve metrics on {host}:{port}: {exc}") from None
+
     # --- lifecycle -----------------------------------------------------------------------------
     @property
     def group(self) -> asyncio.TaskGroup:
@@ -129,13 +163,16 @@ class Service:
                 self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"{self.name}:loops")
                 self._runner.add_done_callback(self._runner_done)
                 await self._unless_stopped(self.ready())
+            if not self._stop.is_set():
+                self._start_metrics()
             if self.fatal is not None:
                 raise self.fatal
         except BaseException:
             await self.shutdown()
             raise
         if not self._stop.is_set():
-            self.log.info(f"{self.name}.started", **self.started_fields())
+            metrics = {"metrics": self._metrics.url} if self._metrics is not None else {}
+            self.log.info(f"{self.name}.started", **self.started_fields(), **metrics)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
@@ -169,6 +206,8 @@ class Service:
             if not (self._runner is not None and self.fatal is None and await self._drain()):
                 self.abandon()
             await self._cancel_loops()
+            if self._metrics is not None:
+                await asyncio.to_thread(self._metrics.stop)
             await self.close()
         finally:
             self.log.info(f"{self.name}.stopped", **self.stopped_fields())

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     eventlog_url: str = ""
     """`sqlite:///path` or `mongodb://...`. Empty: SQLite file under the home folder."""
     mlflow_tracking_uri: str = ""
+    registry: str = ""
+    """Image registry `host:port` the builder pushes to and nodes pull from (docker runtime).
+    Empty: the one `ember up --runtime docker` recorded in the home folder, if any."""
     node_id: str = ""
     log_format: str = "auto"
     """`json`, `console` or `auto` (console on a TTY, JSON lines otherwise)."""
@@ -55,6 +58,9 @@ class Settings(BaseSettings):
     """Seconds the builder or a flamelet waits for a job's retained code bundle."""
     keepalive: int = 5
     """MQTT keepalive in seconds; a dead flamelet is seen offline within 1.5x this."""
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port of a long-running service's Prometheus `/metrics` endpoint; 0: none."""
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("mqtt_url")
     @classmethod
@@ -96,6 +102,21 @@ class Settings(BaseSettings):
             return json.loads(self.broker_file.read_text())["url"]
         except (OSError, ValueError, KeyError):
             return DEFAULT_MQTT_URL
+
+    @property
+    def registry_file(self) -> Path:
+        return self.home / "registry.json"
+
+    def resolved_registry(self) -> str:
+        """The explicit `EMBER_REGISTRY`, else the registry `ember up --runtime docker` recorded, else ""."""
+        if self.registry:
+            return self.registry
+        try:
+            import json
+
+            return str(json.loads(self.registry_file.read_text())["address"])
+        except (OSError, ValueError, KeyError):
+            return ""
 
     def resolved_eventlog_url(self) -> str:
         return self.eventlog_url or f"sqlite:///{self.home / 'events.sqlite3'}"

@@ -7,7 +7,7 @@ Used by `ember up`, the end-to-end tests, the demo and the benchmarks:
         stack.restart("manager")                  # ... and start it again
     # ordered shutdown: flamelets, then mldata and services, broker last
 
-Process names: `mosquitto`, `manager`, `builder`, `notifier`, `node-1..N` (flamelets, node id
+Process names: `mosquitto`, `registry` (docker runtime), `manager`, `builder`, `notifier`, `node-1..N` (flamelets, node id
 `node-i`) and `mldata-1..N` (the node's mldata). Every line a process prints goes to
 `$EMBER_HOME/logs/<name>.log` and, when `echo` is set, to `echo` prefixed by the name.
 
@@ -61,7 +61,17 @@ class Stack:
     mqtt_port: int = 0
     services: tuple[str, ...] = SERVICES
     """Control-plane services to start (all three by default)."""
+    registry: bool = False
+    """Docker runtime: start a private image registry (`registry`, storage under `home/registry`)
+    unless `EMBER_REGISTRY` names one; the services get its address in `EMBER_REGISTRY`."""
+    ui: bool = True
+    """Start the web dashboard (`ember.ui`, process `ui`) on `ui_port` (0: a free port)."""
+    ui_port: int = 0
+    metrics: bool = True
+    """Give each service a free port for its Prometheus `/metrics` (`metrics_urls`)."""
+    metrics_urls: dict[str, str] = field(default_factory=dict, init=False)
     url: str = field(default="", init=False)
+    registry_address: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser().resolve()
@@ -121,16 +131,23 @@ class Stack:
             self._start_broker()
         self.broker_file.write_text(json.dumps({"url": self.url, "pid": os.getpid()}) + "\n")
         self._owns_state = True
+        if self.registry:
+            self._start_registry()
         env = self._service_env()
         for name in self.services:
-            self.group.add(name, [sys.executable, "-m", f"ember.{name}"], env, group=1)
+            self.group.add(name, [sys.executable, "-m", f"ember.{name}"], self._metered(name, env), group=1)
+        if self.ui:
+            self.ui_port = self.ui_port if self.ui_port and _port_free(self.ui_port) else free_port()  # busy: another one
+            self.group.add("ui", [sys.executable, "-m", "ember.ui", "--port", str(self.ui_port)], self._metered("ui", env), group=1)
         mldata = {node: self._add_mldata(i, node, env) for i, node in enumerate(self.nodes, 1)} if self.mldata else {}
-        for name in [*self.services, *(f"mldata-{i}" for i in range(1, len(mldata) + 1))]:
+        for name in [*self.services, *(["ui"] if self.ui else []), *(f"mldata-{i}" for i in range(1, len(mldata) + 1))]:
             self.group.spawn(self.procs[name])
+        if self.ui:
+            self._wait_listening("ui", self.ui_port)
         for node, (port, _) in mldata.items():
             self._wait_listening(f"mldata-{node.split('-')[1]}", port)
         for i, node in enumerate(self.nodes, 1):
-            fenv = dict(env, EMBER_NODE_ID=node)
+            fenv = dict(self._metered(f"node-{i}", env), EMBER_NODE_ID=node)
             if node in mldata:
                 port, token = mldata[node]
                 fenv.update(
@@ -149,6 +166,22 @@ class Stack:
         """Until the manager answers `nodes.list` with every flamelet online (or a process dies)."""
         _run_in_thread(lambda: self._await_ready(timeout))
         self.group.say("stack", f"ready: broker {self.url}, {self.flamelets} flamelet(s), home {self.home}")
+        if self.ui:
+            self.group.say("stack", f"dashboard: {self.ui_url}")
+        if self.metrics_urls:
+            self.group.say("stack", "metrics: " + ", ".join(f"{name} {url}" for name, url in self.metrics_urls.items()))
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}/"
+
+    def _metered(self, name: str, env: dict[str, str]) -> dict[str, str]:
+        """`env` with a free `EMBER_METRICS_PORT` for process `name` (when `metrics` is on)."""
+        if not self.metrics:
+            return env
+        port = free_port()
+        self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
+        return dict(env, EMBER_METRICS_PORT=str(port))
 
     def pid(self, name: str) -> int | None:
         return self.procs[name].pid if self.procs[name].alive() else None
@@ -188,6 +221,8 @@ class Stack:
             return
         with contextlib.suppress(FileNotFoundError):
             self.broker_file.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.home / "registry.json").unlink()
         for node in self.nodes:
             with contextlib.suppress(FileNotFoundError):
                 self.mldata_file(node).unlink()
@@ -235,6 +270,8 @@ class Stack:
             EMBER_EVENTLOG_URL=settings.resolved_eventlog_url(),
             PYTHONUNBUFFERED="1",
         )
+        if self.registry_address:
+            env["EMBER_REGISTRY"] = self.registry_address
         env.setdefault("EMBER_LOG_FORMAT", "console" if self.color else "json")
         return env
 
@@ -252,6 +289,25 @@ class Stack:
         self._wait_listening("mosquitto", self._broker_port, 30)
         self.url = f"mqtt://127.0.0.1:{self._broker_port}"
 
+    def _start_registry(self) -> None:
+        """The image registry: `EMBER_REGISTRY` when set, else a private `docker-registry` on loopback."""
+        self.registry_address = self._base_env.get("EMBER_REGISTRY", "")
+        if self.registry_address:
+            return
+        from ember.registry import Registry, answers
+
+        registry = Registry(free_port(), self.home / "registry")
+        try:
+            argv = registry.argv()
+        except RuntimeError as exc:  # not installed: say what to install
+            raise StackError(str(exc)) from None
+        self.group.spawn(self.group.add("registry", argv, dict(self._base_env), group=0))
+        self._wait_listening("registry", registry.port, 30)
+        if not answers(registry.address, timeout=5):
+            raise StackError(f"the registry on {registry.address} does not answer on /v2/:\n{self.tail('registry')}")
+        self.registry_address = registry.address
+        (self.home / "registry.json").write_text(json.dumps({"address": registry.address, "pid": os.getpid()}) + "\n")
+
     def _add_mldata(self, index: int, node: str, env: dict[str, str]) -> tuple[int, str]:
         port, token = free_port(), secrets.token_urlsafe(24)
         data_dir = self.node_data_dir(node)
@@ -262,7 +318,7 @@ class Stack:
             json.dump({"node": node, "url": f"grpc://127.0.0.1:{port}", "token": token, "data_dir": str(data_dir)}, fh)
         argv = [sys.executable, "-m", "ember.mldata", "--port", str(port), "--data-dir", str(data_dir), "--node", node]
         # the token travels in the environment: not visible in `ps`, and never parsed as an option
-        self.group.add(f"mldata-{index}", argv, dict(env, EMBER_NODE_ID=node, EMBER_MLDATA_TOKEN=token), group=2)
+        self.group.add(f"mldata-{index}", argv, dict(self._metered(f"mldata-{index}", env), EMBER_NODE_ID=node, EMBER_MLDATA_TOKEN=token), group=2)
         return port, token
 
     async def _await_ready(self, timeout: float) -> None:
@@ -312,3 +368,15 @@ def _run_in_thread(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     if "error" in box:
         raise box["error"]
     return box.get("result")
+
+
+def _port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port` (the dashboard's preferred port may be taken)."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -18,6 +18,7 @@ half-built venv that looks ready. Synchronous: callers run it in a thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -29,6 +30,7 @@ import sysconfig
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LOG_TAIL_LINES = 40
 READY_FILE = "venv.json"
@@ -50,11 +52,16 @@ class BuildRun:
 
     cancelled: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    container: Any = field(default=None, repr=False)
+    """The Docker container an image build step runs in (docker runtime)."""
 
     def cancel(self) -> None:
         self.cancelled = True
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
+        if self.container is not None:
+            with contextlib.suppress(Exception):
+                self.container.kill()
 
 
 def ember_version() -> str:

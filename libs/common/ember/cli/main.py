@@ -7,6 +7,7 @@ import typer
 from ember.cli import asyncapi, data, devices, job, node, provision, up
 from ember.cli.common import EXIT_HELP
 from ember.cli.services import add_service_commands
+from ember.cli.ui import add_ui_command
 
 app = typer.Typer(
     name="ember",
@@ -24,6 +25,7 @@ app.add_typer(devices.app, name="devices")
 app.command("asyncapi")(asyncapi.asyncapi)
 app.add_typer(provision.app, name="provision")
 add_service_commands(app)
+add_ui_command(app)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ builder has no topic of its own: it reacts to the event log (woken by `events/#`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from ember.builder.artifacts import remove_staging
@@ -20,6 +20,7 @@ from ember.builder.core import Builder
 from ember.builder.settings import BuilderSettings
 from ember.bus import Bus
 from ember.eventlog import EventLog, open_eventlog
+from ember.metrics import Metric, counters
 from ember.service import Service, service_bus
 
 
@@ -67,6 +68,11 @@ class BuilderService(Service):
             await self.bus.shutdown()
         if self.eventlog is not None:
             await self.eventlog.close()
+
+    def metrics(self) -> Iterable[Metric]:
+        if self.builder is None:
+            return ()
+        return counters("ember_builds", "Job artifact builds", {"succeeded": self.builder.built, "failed": self.builder.failed})
 
     def started_fields(self) -> dict[str, Any]:
         assert self.bus is not None and self.builder is not None

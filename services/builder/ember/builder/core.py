@@ -29,7 +29,9 @@ from ember.events import Artifact, BuildFailed, BuildStarted, BuildSucceeded, Ev
 from ember.follower import LogFollower, append_and_publish
 from ember.jobspec import JobSpec
 from ember.log import get_logger
-from ember.builder.artifacts import BuildError, BuildRun, build, bundle_file
+from ember.metrics import BUILD_SECONDS
+from ember.builder.artifacts import BuildError, BuildRun, build, bundle_file, code_folder
+from ember.builder.images import ImageSettings, build_image
 from ember.builder.settings import BuilderSettings
 from ember.projection import TERMINAL_EVENT, Projection
 
@@ -38,7 +40,7 @@ PENDING = (JobState.SUBMITTED, JobState.BUILDING)
 
 
 class Builder:
-    """Turns jobs into venv artifacts; `worker()` is its one build loop."""
+    """Turns jobs into artifacts (venvs, or images for the docker runtime); `worker()` is its one build loop."""
 
     def __init__(self, eventlog: EventLog, bus: Bus, settings: BuilderSettings) -> None:
         self.eventlog = eventlog
@@ -50,6 +52,7 @@ class Builder:
         self.bundle_keep = settings.builder_bundle_keep
         self.released: set[str] = set()
         """Bundle digests cleared from the broker (no job that is not over uses them)."""
+        self.settings = settings
         self.follower = LogFollower(eventlog, bus, self.reconcile, name="builder", resync_every=settings.builder_resync)
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.queued: set[str] = set()
@@ -71,7 +74,8 @@ class Builder:
     async def reconcile(self, projection: Projection, _new: list[StoredEvent]) -> None:
         for job in list(projection.jobs.values()):
             if job.state == JobState.SUBMITTED:
-                await self.append(fact_id(job.id, "build-started"), job.id, BuildStarted(reason="building a venv artifact"))
+                kind = "an image" if job.spec.get("runtime") == "docker" else "a venv artifact"
+                await self.append(fact_id(job.id, "build-started"), job.id, BuildStarted(reason=f"building {kind}"))
             if job.state in PENDING and job.id not in self.queued:
                 self.queued.add(job.id)
                 self.queue.put_nowait(job.id)
@@ -124,6 +128,17 @@ class Builder:
             self.released.discard(digest)
             await publish_bundle(self.bus, Bundle(digest, path.read_bytes(), 0))
 
+    def image_settings(self) -> ImageSettings:
+        settings = self.settings
+        return ImageSettings(
+            registry=settings.resolved_registry(),
+            wheelhouse=settings.wheelhouse_dir(),
+            base_image=settings.base_image,
+            base_recipe=settings.builder_base_recipe,
+            pip_args=tuple(self.pip_args),
+            timeout=self.timeout,
+        )
+
     async def worker(self) -> None:
         """Build queued jobs one at a time, forever."""
         while True:
@@ -146,14 +161,16 @@ class Builder:
         failure: BuildError | None = None
         try:
             spec = JobSpec.model_validate(view.spec)
-            if spec.runtime != "process":
-                raise BuildError(f"runtime {spec.runtime!r}: this builder makes venv artifacts for the 'process' runtime only")
-            bound.info("build.started", code=spec.code.bundle or spec.code.git or spec.code.path or "(none)")
+            bound.info("build.started", code=spec.code.bundle or spec.code.git or spec.code.path or "(none)", runtime=spec.runtime)
             data = await self.fetch(spec)
-            built, _ = await asyncio.to_thread(build, spec, self.root, run, data=data, pip_args=self.pip_args, timeout=self.timeout)
-            if data is None:  # fetched just now: still retained; else (cached, or packed from git) publish it
-                await self.share(built.bundle)
-            artifact = built
+            if spec.runtime == "docker":
+                folder, _, _ = await asyncio.to_thread(code_folder, spec, self.root, data, run)
+                artifact = await asyncio.to_thread(build_image, spec, str(folder or ""), self.image_settings(), run)
+            else:
+                built, _ = await asyncio.to_thread(build, spec, self.root, run, data=data, pip_args=self.pip_args, timeout=self.timeout)
+                if data is None:  # fetched just now: still retained; else (cached, or packed from git) publish it
+                    await self.share(built.bundle)
+                artifact = built
         except BuildError as exc:
             failure = exc
         except ValidationError as exc:
@@ -164,6 +181,7 @@ class Builder:
         finally:
             self.current = None
         duration = time.monotonic() - started
+        BUILD_SECONDS.labels(outcome="failed" if failure else "succeeded").observe(duration)
         await self.follower.catch_up()
         view = self.projection.jobs.get(job_id)
         if view is not None and view.state.terminal:

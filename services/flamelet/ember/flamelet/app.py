@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections import Counter as TallyCounter
+from collections.abc import Coroutine, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +36,7 @@ from ember.flamelet.process import ProcessRuntime
 from ember.flamelet.runtime import Runtime
 from ember.flamelet.settings import FlameletSettings
 from ember.flamelet.supervisor import Supervisor
+from ember.metrics import Metric, tally_gauge
 from ember.service import Service, service_bus
 
 
@@ -104,6 +106,10 @@ class Flamelet(Service):
         if self.bus.connected:
             await self._publish_status("offline", timeout=2.0)
         await self.bus.shutdown()
+
+    def metrics(self) -> Iterable[Metric]:
+        states = TallyCounter((m.report.state.value,) for m in self.supervisor.actors.values())
+        return [tally_gauge("ember_flamelet_actors", "Actors on this node by state", ["state"], states)]
 
     def started_fields(self) -> dict[str, Any]:
         return {"actors": len(self.supervisor.actors), "runtime": self.runtime.name}

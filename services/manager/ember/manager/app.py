@@ -12,7 +12,7 @@ happened before it died.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from ember.bus import Bus
@@ -20,6 +20,7 @@ from ember.eventlog import EventLog, open_eventlog
 from ember.manager.core import Manager
 from ember.manager.handlers import Gate, register
 from ember.manager.settings import ManagerSettings
+from ember.metrics import Metric, RoundObserver, projection_metrics
 from ember.service import Service, service_bus
 
 
@@ -35,6 +36,7 @@ class ManagerService(Service):
         self.eventlog: EventLog | None = None
         self.bus: Bus | None = None
         self.manager: Manager | None = None
+        self.rounds = RoundObserver()
 
     async def open(self) -> None:
         settings = self.settings
@@ -64,6 +66,9 @@ class ManagerService(Service):
         assert self.bus is not None and self.manager is not None
         projection = self.manager.projection
         return {"broker": self.bus.url, "eventlog": self.settings.resolved_eventlog_url(), "jobs": len(projection.jobs), "seq": projection.last_seq}
+
+    def metrics(self) -> Iterable[Metric]:
+        return projection_metrics(self.manager.projection, self.rounds) if self.manager is not None else ()
 
     def stopped_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = dict(self.bus.stats) if self.bus else {}

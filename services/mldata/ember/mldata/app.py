@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -25,6 +25,7 @@ from ember.mldata.settings import MldataSettings
 from ember.mldata.store import PartitionStore
 from ember.data.settings import write_url
 from ember.mldata.summary import write_summary
+from ember.metrics import Metric, counters
 from ember.service import Service, service_bus
 
 
@@ -109,6 +110,12 @@ class MldataService(Service):
         if self.store.is_open:
             write_summary(self.store, self.node)
             self.store.close()
+
+    def metrics(self) -> Iterable[Metric]:
+        parts = self.store.partitions()
+        stored = {"rows": sum(p.rows for p in parts), "bytes": sum(p.bytes for p in parts)}
+        stored_metrics = counters("ember_mldata_stored", "Rows and bytes held in this node's partitions", stored, gauges=("rows", "bytes"))
+        return stored_metrics + counters("ember_mldata_ingest", "MQTT readings ingestion", self.ingestor.stats(), gauges=("buffered",))
 
     def started_fields(self) -> dict[str, Any]:
         return {"node": self.node, "url": self.url, "data_dir": str(self.store.root), "ingest": self.settings.mldata_ingest}

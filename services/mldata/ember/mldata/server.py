@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from ember.errors import EmberError, InvalidRequest
 from ember.log import get_logger
 from ember.data.auth import BearerTokenMiddlewareFactory
+from ember.metrics import MLDATA_SERVED_BYTES, MLDATA_SERVED_ROWS
 from ember.mldata.names import check_tag
 from ember.mldata.store import Partition, PartitionStore
 
@@ -121,7 +122,7 @@ class MldataFlightServer(flight.FlightServerBase):
     @_translated
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
         schema, batches = self.store.iter_batches(ticket.ticket.decode(errors="replace"), self.batch_size)
-        return flight.GeneratorStream(schema, batches)
+        return flight.GeneratorStream(schema, _counted(batches))
 
     @_translated
     def do_put(
@@ -159,3 +160,11 @@ class MldataFlightServer(flight.FlightServerBase):
         else:
             raise InvalidRequest(f"unknown action {action.type!r}; known: {sorted(ACTIONS)}")
         return iter([flight.Result(json.dumps(payload).encode())])
+
+
+def _counted(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """`batches`, counted into the served rows and bytes metrics as they are sent."""
+    for batch in batches:
+        MLDATA_SERVED_ROWS.inc(batch.num_rows)
+        MLDATA_SERVED_BYTES.inc(batch.nbytes)
+        yield batch
