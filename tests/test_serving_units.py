@@ -86,3 +86,9 @@ def test_flamelet_labels_from_the_environment_or_repeated_flags() -> None:
     assert FlameletSettings.from_env({"EMBER_NODE_ID": "n1"}, flamelet_labels=["site=b"]).flamelet_labels == {"site": "b"}
     with pytest.raises(ValidationError):
         FlameletSettings.from_env({"EMBER_NODE_ID": "n1", "EMBER_FLAMELET_LABELS": "plant-a"})
+
+
+def test_flamelet_labels_from_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBER_NODE_ID", "n1")
+    monkeypatch.setenv("EMBER_FLAMELET_LABELS", "site=plant-a,line=2")
+    assert FlameletSettings().flamelet_labels == {"site": "plant-a", "line": "2"}

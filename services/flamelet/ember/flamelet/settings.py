@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from ember.events import Role
 from ember.settings import Settings
@@ -19,7 +21,7 @@ class FlameletSettings(Settings):
     """CPUs announced to the notifier; default: the machine's."""
     flamelet_memory_mb: int | None = Field(default=None, ge=16)
     """Memory announced to the notifier; default: the machine's."""
-    flamelet_labels: dict[str, str] = Field(default_factory=dict)
+    flamelet_labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     """Labels announced in the node info (`EMBER_FLAMELET_LABELS=site=plant-a,line=2`, or
     `--label site=plant-a` repeated); job placement and model serving can require them."""
     flamelet_stop_grace: float = Field(default=2.0, ge=0)
