@@ -44,7 +44,7 @@ def test_placement_uses_only_nodes_carrying_every_required_label() -> None:
     assert {p.node for p in placed} == {"a1", "a2"}
     placed = place_job(placing({"site": "plant-a", "line": "2"}, learners=1), Projection(), online)
     assert {p.node for p in placed} == {"a2"}
-    with pytest.raises(NoCapacity):
+    with pytest.raises(NoCapacity, match="label site=plant-c"):
         place_job(placing({"site": "plant-c"}), Projection(), online)
 
 

@@ -270,7 +270,8 @@ def _placed(wanted: Sequence[Wanted], online: Sequence[NodeInfo], used: Mapping[
 
 
 def _each(needs: JobNeeds) -> str:
-    return f"{needs.cpus:g} cpu{'' if needs.cpus == 1 else 's'} and {needs.memory_mb} MB each, {needs.runtime} runtime"
+    labels = "".join(f", label {key}={value}" for key, value in needs.labels)
+    return f"{needs.cpus:g} cpu{'' if needs.cpus == 1 else 's'} and {needs.memory_mb} MB each, {needs.runtime} runtime{labels}"
 
 
 def _names(nodes: Sequence[str], limit: int = 8) -> str:
