@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -184,3 +186,47 @@ def test_serve_needs_nodes_or_labels_and_stop_needs_a_served_model(cli, stack: S
     assert result.exit_code != 0 and "--node" in result.output
     result = runner.invoke(app, ["model", "stop", "never-served"], catch_exceptions=False)
     assert result.exit_code != 0 and "not served" in result.output
+
+
+@pytest.fixture
+def plant_b(stack: Stack):
+    """A third flamelet, `node-b`, started with `--label site=plant-b` (stopped by its pid at the end)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBER_")}
+    env.update(EMBER_HOME=str(stack.home), EMBER_KEEPALIVE="2", EMBER_LOG_LEVEL="info")
+    log = open(stack.home / "logs" / "node-b.log", "ab")  # noqa: SIM115 - closed in the finally
+    proc = subprocess.Popen([sys.executable, "-m", "ember.flamelet", "--node", "node-b", "--label", "site=plant-b", "--cpus", "4"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield "node-b"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_labels_choose_the_nodes_of_serving_and_of_a_job(stack: Stack, cli, registered, plant_b: str, tmp_path: Path) -> None:
+    def online() -> dict[str, Any]:
+        nodes = {n["node"]: n for n in cli("node", "list", "--json")}
+        return nodes if nodes.get(plant_b, {}).get("status") == "online" else {}
+
+    nodes = wait_until(online, timeout=60, interval=0.3, message="node-b never came online")
+    assert nodes[plant_b]["info"]["labels"] == {"site": "plant-b"}
+
+    assert cli("model", "serve", MODEL, "--label", "site=plant-b", "--json")["nodes"] == [plant_b]
+    running_url(cli, plant_b)
+    assert all(serving_actor(cli, node) is None for node in stack.nodes)
+    cli("model", "stop", MODEL)
+    wait_until(lambda: serving_actor(cli, plant_b) is None, timeout=30, interval=0.3)
+
+    path = tmp_path / "placed.yaml"
+    path.write_text("name: placed\nlearners: {count: 1}\nprobe: {seconds: 0.5}\nruntime: process\n"
+                    "placement: {labels: {site: plant-b}}\n")
+    job = cli("job", "submit", str(path), "--json")["job"]
+    shown = wait_until(lambda: (j := cli("job", "show", job, "--json"))["state"] in ("succeeded", "failed") and j,
+                       timeout=90, interval=0.3, message=f"{job} never ended")
+    assert shown["state"] == "succeeded", shown["reason"]
+    assert {a["node"] for a in shown["actors"]} == {plant_b}
