@@ -50,6 +50,8 @@ class ActorState(StrEnum):
 class Role(StrEnum):
     AGGREGATOR = "aggregator"
     LEARNER = "learner"
+    SERVER = "server"
+    """An inference actor serving a registered model (`ember.actors.server`), not part of a job."""
 
 
 class _Model(BaseModel):
@@ -190,6 +192,28 @@ class NodeLost(Event):
     reason: str = "offline"
 
 
+class ModelServeRequested(Event):
+    """Serve `model` (`version`, empty: the latest) on `nodes` and on every online node carrying
+    all of `labels` (when given); `tag` names the data topic whose readings it also scores. The
+    subject is the model; a later request for the same model replaces this one's version, tag
+    and labels and adds its nodes."""
+
+    aggregate: ClassVar[str] = "serving"
+    model: str
+    version: str = ""
+    nodes: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    tag: str = ""
+
+
+class ModelServeStopped(Event):
+    """Stop serving `model` on `nodes` (empty: everywhere)."""
+
+    aggregate: ClassVar[str] = "serving"
+    model: str
+    nodes: list[str] = Field(default_factory=list)
+
+
 def fact_id(subject: str, *parts: object) -> str:
     """Deterministic event id for a fact that must be recorded once, e.g. `job1:state:running`."""
     return ":".join([subject, *map(str, parts)])
@@ -227,6 +251,9 @@ class NodeInfo(_Model):
     data: dict[str, int] = Field(default_factory=dict)
     """Data tags held by the node's mldata -> row count."""
     mldata_url: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Free key=value labels (`site=plant-a`), from `EMBER_FLAMELET_LABELS` or `--label`; job
+    placement and model serving can require them."""
     started: datetime = Field(default_factory=utcnow)
 
 
@@ -285,3 +312,16 @@ class ActorLogLines(_Model):
     actor: str
     job: str
     lines: list[str]
+
+
+class ServingStatus(_Model):
+    """Published (retained) by a serving actor on `nodes/{node}/serving/{model}` once it answers."""
+
+    model: str
+    version: str
+    node: str
+    actor: str
+    url: str
+    """Base URL of its HTTP server: `POST {url}/invocations`."""
+    tag: str = ""
+    """The data tag whose readings it scores onto `nodes/{node}/predictions/{model}` (empty: none)."""

@@ -25,6 +25,8 @@ from ember.events import (
     JobState,
     JobSubmitted,
     JobSucceeded,
+    ModelServeRequested,
+    ModelServeStopped,
     ResultReported,
     NodeJoined,
     NodeLost,
@@ -32,6 +34,8 @@ from ember.events import (
     RoundCompleted,
     parse_event,
 )
+from ember.serving import ServingView
+from ember.serving import apply as apply_serving
 
 TERMINAL_EVENT = "terminal"
 """`fact_id(job, TERMINAL_EVENT)` is the id of a job's one terminal event, whoever appends it."""
@@ -143,6 +147,8 @@ class Projection:
     def __init__(self) -> None:
         self.jobs: dict[str, JobView] = {}
         self.nodes: dict[str, NodeView] = {}
+        self.servings: dict[str, ServingView] = {}
+        """model -> where it is served (`ember.serving`)."""
         self.last_seq = 0
 
     def apply_all(self, events: list[StoredEvent]) -> None:
@@ -164,6 +170,9 @@ class Projection:
         if isinstance(event, NodeLost):
             view = self.nodes.setdefault(event.node, NodeView(event.node, False, {}, env.time))
             view.online, view.since = False, env.time
+            return False
+        if isinstance(event, ModelServeRequested | ModelServeStopped):
+            apply_serving(self.servings, event)
             return False
         if isinstance(event, JobSubmitted):
             if env.subject not in self.jobs:

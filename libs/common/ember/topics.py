@@ -80,7 +80,10 @@ JOB_PLACEMENT = TopicTemplate("jobs/{job}/placement", "retained current placemen
 FL_DOWN = TopicTemplate("jobs/{job}/fl/{actor}/down", "Flower messages aggregator -> learner")
 FL_CAST = TopicTemplate("jobs/{job}/fl/cast", "Flower messages aggregator -> every learner: one shared content, each learner's own metadata")
 FL_UP = TopicTemplate("jobs/{job}/fl/{actor}/up", "Flower messages learner -> aggregator")
+PREDICTIONS = TopicTemplate("nodes/{node}/predictions/{model}", "one prediction per sensor reading from a serving actor")
+SERVING = TopicTemplate("nodes/{node}/serving/{model}", "retained: where a serving actor answers HTTP (`ServingStatus`); cleared when it stops")
 DATA = TopicTemplate("data/{tag}", "sensor readings from edge devices")
 BUNDLE = TopicTemplate("bundles/{digest}", "retained code bundle (gzip tar) named by its `sha256:<hex>` digest; cleared when no live job uses it")
 
-ALL = (REQUEST, REPLY, EVENT, NODE_INFO, NODE_STATUS, NODE_DESIRED, ACTOR_STATE, ACTOR_LOG, JOB_PROGRESS, JOB_PLACEMENT, FL_DOWN, FL_CAST, FL_UP, DATA, BUNDLE)
+ALL = (REQUEST, REPLY, EVENT, NODE_INFO, NODE_STATUS, NODE_DESIRED, ACTOR_STATE, ACTOR_LOG, JOB_PROGRESS, JOB_PLACEMENT, FL_DOWN, FL_CAST, FL_UP,
+       PREDICTIONS, SERVING, DATA, BUNDLE)

@@ -69,6 +69,8 @@ class Policy:
     fl_up: topics.TopicTemplate = topics.FL_UP
     data: topics.TopicTemplate = topics.DATA
     bundle: topics.TopicTemplate = topics.BUNDLE
+    serving: topics.TopicTemplate = topics.SERVING
+    predictions: topics.TopicTemplate = topics.PREDICTIONS
     actors_as_node: bool = False
     """Transitional: actors connect with their node's identity (no per-job credentials yet), so a
     node may also use every job's actor topics (`_actor_rules` with `job=+`). Off: least privilege."""
@@ -82,6 +84,7 @@ class Policy:
         return (
             self.request, self.reply, self.event, self.node_info, self.node_status, self.node_desired, self.actor_state,
             self.actor_log, self.job_progress, self.job_placement, self.fl_down, self.fl_cast, self.fl_up, self.data, self.bundle,
+            self.serving, self.predictions,
         )  # fmt: skip
 
     @property
@@ -96,7 +99,8 @@ class Policy:
     def _reports(self, access: str) -> list[Rule]:
         return [
             self._rule(access, t)
-            for t in (self.event, self.node_info, self.node_status, self.actor_state, self.actor_log, self.job_progress)
+            for t in (self.event, self.node_info, self.node_status, self.actor_state, self.actor_log, self.job_progress,
+                      self.serving, self.predictions)
         ]
 
     def rules(self, identity: Identity) -> list[Rule]:
@@ -108,6 +112,7 @@ class Policy:
                 return [
                     r("read", self.request), r("write", self.reply), r("readwrite", self.event),
                     r("read", self.node_info), r("read", self.node_status), r("read", self.actor_state), r("read", self.job_progress),
+                    r("read", self.serving),
                 ]  # fmt: skip
             case Kind.service:
                 own = [
@@ -139,6 +144,7 @@ class Policy:
             r("write", self.node_info, node=node), r("write", self.node_status, node=node),
             r("write", self.actor_state, node=node), r("write", self.actor_log, node=node),
             r("read", self.node_desired, node=node), r("read", self.data, node=node), r("read", self.bundle),
+            r("write", self.serving, node=node), r("write", self.predictions, node=node),
         ]  # fmt: skip
 
     def _actor_rules(self, role: str, **fixed: str) -> list[Rule]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from ember.events import Role
 from ember.settings import Settings
@@ -19,6 +21,9 @@ class FlameletSettings(Settings):
     """CPUs announced to the notifier; default: the machine's."""
     flamelet_memory_mb: int | None = Field(default=None, ge=16)
     """Memory announced to the notifier; default: the machine's."""
+    flamelet_labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    """Labels announced in the node info (`EMBER_FLAMELET_LABELS=site=plant-a,line=2`, or
+    `--label site=plant-a` repeated); job placement and model serving can require them."""
     flamelet_stop_grace: float = Field(default=2.0, ge=0)
     """Seconds between SIGTERM and SIGKILL when an actor is no longer desired."""
     flamelet_leave_actors: bool = False
@@ -47,6 +52,19 @@ class FlameletSettings(Settings):
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("flamelet_labels", mode="before")
+    @classmethod
+    def _labels(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list):
+            pairs = [str(part).strip() for part in value if str(part).strip()]
+            bad = [pair for pair in pairs if "=" not in pair or not pair.split("=", 1)[0].strip()]
+            if bad:
+                raise ValueError(f"labels are key=value, got {', '.join(bad)}")
+            return {key.strip(): val.strip() for key, val in (pair.split("=", 1) for pair in pairs)}
         return value
 
     @property

@@ -1,4 +1,5 @@
-"""Each node's desired state: every actor of a live job placed on it (current generation).
+"""Each node's desired state: every actor of a live job placed on it (current generation), and
+the serving actors of the models served there (`ember.notifier.serving`).
 
 A pure function of the projection (plus the node table for mldata URLs); the app publishes a
 node's state retained on `nodes/{node}/desired`, only when it changed. Likewise each job's
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from ember.events import ActorSpec, Artifact, JobPlacement, Placement, Role
 from ember.nodes import NodeTable
 from ember.notifier.placement import JobNeeds
+from ember.notifier.serving import server_specs
 from ember.projection import ActorView, JobView, Projection
 
 PROBE_MODULE = "ember.actors.probe"
@@ -98,6 +100,8 @@ def desired_actors(projection: Projection, nodes: NodeTable, env: ActorEnv) -> d
         for actor in actors:
             spec = actor_spec(job, actor, needs, env, nodes, learners=learners, spec_json=spec_json)
             out.setdefault(actor.node, []).append(spec)
+    for node, specs in server_specs(projection, nodes, env).items():
+        out.setdefault(node, []).extend(specs)
     return out
 
 
