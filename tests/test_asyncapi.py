@@ -137,7 +137,8 @@ async def manager(mqtt_broker, ember_home):
 async def test_every_served_action_is_in_the_document(manager) -> None:
     document = build_document(ROOT)
     assert manager.bus is not None
-    assert set(manager.bus.served) == {"jobs.submit", "jobs.cancel", "jobs.get", "jobs.list", "nodes.list"}
+    assert set(manager.bus.served) == {"jobs.submit", "jobs.cancel", "jobs.get", "jobs.list", "nodes.list",
+                                       "models.serve", "models.stop", "models.serving"}
     assert undocumented(manager.bus, document) == []
     # ... and the check does catch an action served but not declared in ember.actions
     extra = Bus("mqtt://127.0.0.1:1", client_id="extra")

@@ -57,6 +57,24 @@ class GetJob(JobRef):
     rounds: int | None = Field(default=None, ge=0, le=1_000_000)
 
 
+class ServeModel(Payload):
+    """`req/models.serve`: serve a registered MLflow model (version empty: the latest) on the named
+    nodes and on every online node carrying all of `labels`; `tag`: also score that data topic."""
+
+    model: Name
+    version: Annotated[str, StringConstraints(pattern=r"^[0-9]*$")] = ""
+    nodes: list[Name] = Field(default_factory=list, max_length=1000)
+    labels: dict[str, str] = Field(default_factory=dict)
+    tag: Annotated[str, StringConstraints(pattern=f"(^$)|({PARAM_PATTERN})")] = ""
+
+
+class StopServing(Payload):
+    """`req/models.stop`: stop serving `model` on `nodes` (empty: everywhere)."""
+
+    model: Name
+    nodes: list[Name] = Field(default_factory=list, max_length=1000)
+
+
 class NoArguments(Payload):
     """`req/jobs.list`, `req/nodes.list`: no arguments."""
 
@@ -122,6 +140,18 @@ class NodeActor(Payload):
     job: str
     role: Role
     state: ActorState
+    url: str = ""
+    """A serving actor's HTTP endpoint, once it answers (`POST {url}/invocations`)."""
+
+
+class Serving(Payload):
+    """Where a model is served: the request's selectors and the nodes they resolve to now."""
+
+    model: str
+    version: str = ""
+    tag: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    nodes: list[str] = Field(default_factory=list)
 
 
 class NodeSummary(Payload):
@@ -194,6 +224,10 @@ JOBS_SUBMIT = Action("jobs.submit", SubmitJob, Submitted, "submit a job spec; th
 JOBS_CANCEL = Action("jobs.cancel", JobRef, JobSummary, "cancel a job that has not ended")
 JOBS_GET = Action("jobs.get", GetJob, JobSummary, "one job's state, transitions, actors and rounds")
 JOBS_LIST = Action("jobs.list", NoArguments, list[JobListItem], "every job, oldest first")
+MODELS_SERVE = Action("models.serve", ServeModel, Serving, "serve a registered model on nodes (by name or labels)")
+MODELS_STOP = Action("models.stop", StopServing, Serving, "stop serving a model on nodes (or everywhere)")
+MODELS_SERVING = Action("models.serving", NoArguments, list[Serving], "every served model and its nodes")
 NODES_LIST = Action("nodes.list", NoArguments, list[NodeSummary], "every known node with its status, info and actors")
 
-ACTIONS: dict[str, Action[Any]] = {a.name: a for a in (JOBS_SUBMIT, JOBS_CANCEL, JOBS_GET, JOBS_LIST, NODES_LIST)}
+ACTIONS: dict[str, Action[Any]] = {a.name: a for a in (JOBS_SUBMIT, JOBS_CANCEL, JOBS_GET, JOBS_LIST, NODES_LIST,
+                                                     MODELS_SERVE, MODELS_STOP, MODELS_SERVING)}

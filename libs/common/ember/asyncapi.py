@@ -47,6 +47,8 @@ PAYLOADS: dict[topics.TopicTemplate, list[type[BaseModel]]] = {
     topics.ACTOR_STATE: [events.ActorReport],
     topics.ACTOR_LOG: [events.ActorLogLines],
     topics.JOB_PROGRESS: [events.RoundCompleted, events.JobResult],
+    topics.JOB_PLACEMENT: [events.JobPlacement],
+    topics.SERVING: [events.ServingStatus],
     topics.DATA: [SensorReadings],
 }
 
@@ -61,22 +63,26 @@ ROLES: dict[topics.TopicTemplate, tuple[str, str]] = {
     topics.ACTOR_STATE: ("flamelet (retained)", "manager"),
     topics.ACTOR_LOG: ("flamelet", "ember CLI (job logs --follow)"),
     topics.JOB_PROGRESS: ("aggregator actor", "manager"),
+    topics.JOB_PLACEMENT: ("notifier (retained)", "the job's actors"),
     topics.FL_DOWN: ("aggregator actor", "learner actor"),
     topics.FL_CAST: ("aggregator actor", "every learner actor of the job"),
     topics.FL_UP: ("learner actor", "aggregator actor"),
-    topics.DATA: ("edge devices", "mldata"),
+    topics.PREDICTIONS: ("serving actor", "any client (a factory line's consumers)"),
+    topics.SERVING: ("serving actor (retained; its Last Will clears it)", "manager"),
+    topics.DATA: ("edge devices", "mldata, serving actors scoring that tag"),
     topics.BUNDLE: ("ember CLI before jobs.submit, builder for git sources (retained; cleared by the builder)", "builder, process-runtime flamelets"),
 }
 
 PARAM_DOC = {
     "action": "request name",
     "client": "MQTT client id of the requester",
-    "aggregate": "event stream: job or node",
+    "aggregate": "event stream: job, node or serving",
     "type": "event type (class name)",
     "node": "node id, e.g. node-1",
     "actor": "actor id",
     "job": "job id, `{name}-{8 hex}`",
     "tag": "data tag",
+    "model": "registered model name",
     "digest": "code bundle digest, `sha256:<64 hex>`",
 }
 

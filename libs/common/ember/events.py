@@ -58,6 +58,8 @@ class ActorState(StrEnum):
 class Role(StrEnum):
     AGGREGATOR = "aggregator"
     LEARNER = "learner"
+    SERVER = "server"
+    """An inference actor serving a registered model (`ember.actors.server`), not part of a job."""
 
 
 class _Model(BaseModel):
@@ -198,6 +200,28 @@ class NodeLost(Event):
     reason: str = "offline"
 
 
+class ModelServeRequested(Event):
+    """Serve `model` (`version`, empty: the latest) on `nodes` and on every online node carrying
+    all of `labels` (when given); `tag` names the data topic whose readings it also scores. The
+    subject is the model; a later request for the same model replaces this one's version, tag
+    and labels and adds its nodes."""
+
+    aggregate: ClassVar[str] = "serving"
+    model: str
+    version: str = ""
+    nodes: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    tag: str = ""
+
+
+class ModelServeStopped(Event):
+    """Stop serving `model` on `nodes` (empty: everywhere)."""
+
+    aggregate: ClassVar[str] = "serving"
+    model: str
+    nodes: list[str] = Field(default_factory=list)
+
+
 def fact_id(subject: str, *parts: object) -> str:
     """Deterministic event id for a fact that must be recorded once, e.g. `job1:state:running`."""
     return ":".join([subject, *map(str, parts)])
@@ -237,6 +261,11 @@ class NodeInfo(_Model):
     )
     """Data tags held by the node's mldata -> row count."""
     mldata_url: str = Field(default="", max_length=2048)
+    labels: dict[Annotated[str, StringConstraints(max_length=63)], Annotated[str, StringConstraints(max_length=63)]] = Field(
+        default_factory=dict, max_length=64
+    )
+    """Free key=value labels (`site=plant-a`), from `EMBER_FLAMELET_LABELS` or `--label`; job
+    placement and model serving can require them."""
     started: datetime = Field(default_factory=utcnow)
 
 
@@ -272,6 +301,16 @@ class DesiredState(_Model):
     actors: list[ActorSpec] = Field(default_factory=list, max_length=10_000)
 
 
+class JobPlacement(_Model):
+    """Published (retained) by the notifier on `jobs/{job}/placement`: the actors of the job's current
+    generation and their nodes (none once the job ended). An actor not listed is fenced."""
+
+    job: str
+    generation: int
+    actors: list[Placement] = Field(default_factory=list)
+    ended: bool = False
+
+
 class ActorReport(_Model):
     """Published (retained) by a flamelet on `nodes/{node}/actors/{actor}/state`."""
 
@@ -290,3 +329,16 @@ class ActorLogLines(_Model):
     actor: Id
     job: Id
     lines: list[str]
+
+
+class ServingStatus(_Model):
+    """Published (retained) by a serving actor on `nodes/{node}/serving/{model}` once it answers."""
+
+    model: str
+    version: str
+    node: str
+    actor: str
+    url: str
+    """Base URL of its HTTP server: `POST {url}/invocations`."""
+    tag: str = ""
+    """The data tag whose readings it scores onto `nodes/{node}/predictions/{model}` (empty: none)."""

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Collection
 
 from ember import topics
 from ember.bus import Bus, Message
+from ember.envelope import Envelope
 from ember.eventlog.base import EventLog, StoredEvent
 from ember.events import RoundCompleted, event_streams
 from ember.log import get_logger
@@ -80,7 +81,7 @@ class LogFollower:
                 pass
 
 
-async def append_and_publish(eventlog: EventLog, bus: Bus, envelope) -> StoredEvent:
+async def append_and_publish(eventlog: EventLog, bus: Bus, envelope: Envelope) -> StoredEvent:
     """Write to the log first, then publish on `events/{aggregate}/{type}` (not for duplicates).
 
     The publish is started, not awaited (`Bus.publish_soon`): the log is the truth, so the next

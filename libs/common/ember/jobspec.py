@@ -17,6 +17,7 @@ training: {rounds: 5, strategy: FedAvg, strategy_params: {}, local_epochs: 1, ba
 resources: {cpus: 1, memory_mb: 1024}
 tracking: {experiment: sensor-anomaly, model_name: sensor-anomaly}
 runtime: process
+placement: {labels: {site: plant-a}}  # only nodes announcing every one of these labels
 ```
 
 Every field is bounded (numbers, string lengths, list sizes; floats are finite), and the same
@@ -180,6 +181,12 @@ class ProbeSpec(_Spec):
     """Index of one learner that exits with `exit_code` (others exit 0); None: all use it."""
 
 
+class PlacementSpec(_Spec):
+    """Which nodes may take the job's actors: those announcing every label here (`NodeInfo.labels`)."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
 class JobSpec(_Spec):
     name: str
     code: CodeSpec = Field(default_factory=CodeSpec)
@@ -190,6 +197,7 @@ class JobSpec(_Spec):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     runtime: Literal["process", "docker"] = "process"
     probe: ProbeSpec | None = None
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
 
     @field_validator("name")
     @classmethod

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +25,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02, message: str = "") -> Any:
+    """Call `condition` until it returns something true (returned); TimeoutError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = condition()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise TimeoutError(message or f"condition not met within {timeout}s (last value: {last!r})")
+        time.sleep(interval)
 
 
 def wait_for_port(host: str, port: int, *, timeout: float = 10.0, process: subprocess.Popen[Any] | None = None) -> None:

@@ -25,6 +25,8 @@ from ember.events import (
     JobState,
     JobSubmitted,
     JobSucceeded,
+    ModelServeRequested,
+    ModelServeStopped,
     ResultReported,
     NodeJoined,
     NodeLost,
@@ -32,6 +34,8 @@ from ember.events import (
     RoundCompleted,
     parse_event,
 )
+from ember.serving import ServingView
+from ember.serving import apply as apply_serving
 
 TERMINAL_EVENT = "terminal"
 """`fact_id(job, TERMINAL_EVENT)` is the id of a job's one terminal event, whoever appends it."""
@@ -119,6 +123,16 @@ class JobView:
         }
 
 
+def fence(job: JobView, placed: ActorsPlaced) -> None:
+    """The actors a re-placement left out are fenced: their generation is over, so one that had not
+    ended is `lost` for good (later reports of it change nothing, see `ActorStateChanged` below)."""
+    kept = {p.actor for p in placed.actors}
+    for actor in job.actors.values():
+        if actor.actor not in kept and actor.generation < placed.generation and not actor.state.terminal:
+            actor.state = ActorState.LOST
+            actor.reason = f"fenced: re-placed in generation {placed.generation} ({placed.reason or 'its node was lost'})"
+
+
 @dataclass
 class NodeView:
     node: str
@@ -133,6 +147,8 @@ class Projection:
     def __init__(self) -> None:
         self.jobs: dict[str, JobView] = {}
         self.nodes: dict[str, NodeView] = {}
+        self.servings: dict[str, ServingView] = {}
+        """model -> where it is served (`ember.serving`)."""
         self.last_seq = 0
 
     def apply_all(self, events: list[StoredEvent]) -> None:
@@ -154,6 +170,9 @@ class Projection:
         if isinstance(event, NodeLost):
             view = self.nodes.setdefault(event.node, NodeView(event.node, False, {}, env.time))
             view.online, view.since = False, env.time
+            return False
+        if isinstance(event, ModelServeRequested | ModelServeStopped):
+            apply_serving(self.servings, event)
             return False
         if isinstance(event, JobSubmitted):
             if env.subject not in self.jobs:
@@ -194,6 +213,7 @@ class Projection:
                 if kept is not None and kept.node == p.node:  # a survivor of a re-placement keeps its state
                     view.state, view.exit_code, view.reason, view.log_tail = kept.state, kept.exit_code, kept.reason, kept.log_tail
                 job.actors[p.actor] = view
+            fence(job, event)
             reason = event.reason or f"{len(event.actors)} actors placed"
             return self._move(job, S.DEPLOYING, reason, stored, (S.PLACING, S.RUNNING, S.DEPLOYING))
         if isinstance(event, ActorStateChanged):

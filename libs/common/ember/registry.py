@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ember.testing import free_port, wait_until
+from ember.processes import free_port, wait_until
 
 REGISTRY_CANDIDATES = ("docker-registry", "registry")
 

@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import subprocess
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ember.broker import mosquitto_binary, mosquitto_config
+from ember import processes
 from ember.processes import free_port, wait_for_port
 
 __all__ = ["Broker", "assert_eventually", "free_port", "private_broker", "wait_for_port", "wait_until"]
@@ -86,11 +86,7 @@ async def assert_eventually(
 
 def wait_until(condition: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02, message: str = "") -> Any:
     """Synchronous `assert_eventually` for tests that drive subprocesses."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = condition()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(message or f"condition not met within {timeout}s (last value: {last!r})")
-        time.sleep(interval)
+    try:
+        return processes.wait_until(condition, timeout=timeout, interval=interval, message=message)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ember.cli import asyncapi, data, devices, job, node, provision, up
+from ember.cli import asyncapi, data, devices, job, model, node, provision, up
 from ember.cli.common import EXIT_HELP
 from ember.cli.services import add_service_commands
 from ember.cli.ui import add_ui_command
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.command("up", epilog=EXIT_HELP)(up.up)
 app.add_typer(job.app, name="job", epilog=EXIT_HELP)
 app.add_typer(node.app, name="node")
+app.add_typer(model.app, name="model")
 app.add_typer(data.app, name="data")
 app.add_typer(devices.app, name="devices")
 app.command("asyncapi")(asyncapi.asyncapi)

@@ -16,7 +16,8 @@ def _actors(actors: list[Any]) -> str:
     out = []
     for a in actors:
         if isinstance(a, dict):
-            out.append(f"{a.get('actor', '?')} ({a.get('role', '')}, {a.get('state', '')})")
+            url = f" {a['url']}" if a.get("url") else ""
+            out.append(f"{a.get('actor', '?')} ({a.get('role', '')}, {a.get('state', '')}){url}")
         else:
             out.append(str(a))
     return "\n".join(out) or "-"
@@ -29,17 +30,18 @@ def _data(info: dict[str, Any]) -> str:
 
 @app.command("list")
 def list_nodes(as_json: bool = JSON_OPTION, timeout: float = TIMEOUT_OPTION) -> None:
-    """Table of nodes: node, status, capabilities, data tags, actors of live jobs."""
+    """Table of nodes: node, status, labels, capabilities, data tags, actors of live jobs and serving actors."""
     nodes = request("nodes.list", timeout=timeout) or []
     if as_json:
         print_json(nodes)
         return
-    t = table("NODE", "STATUS", "CAPABILITIES", "RUNTIMES", "CPUS", "DATA TAGS", "ACTORS")
+    t = table("NODE", "STATUS", "LABELS", "CAPABILITIES", "RUNTIMES", "CPUS", "DATA TAGS", "ACTORS")
     for n in nodes:
         info = n.get("info") or {}
         t.add_row(
             n["node"],
             styled(n.get("status", "unknown")),
+            escape("\n".join(f"{k}={v}" for k, v in sorted((info.get("labels") or {}).items())) or "-"),
             ", ".join(info.get("capabilities", [])),
             ", ".join(info.get("runtimes", [])),
             str(info.get("cpus", "")),

@@ -8,6 +8,7 @@ Both run through `ember.service.run_main`, so they exit with the same codes.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 import typer
 
@@ -39,7 +40,7 @@ def add_service_commands(app: typer.Typer) -> None:
     for service, text in SERVICES.items():
         group = typer.Typer(help=text, no_args_is_help=True)
 
-        def make(service: str = service):
+        def make(service: str = service) -> Callable[[typer.Context], None]:
             def run_cmd(ctx: typer.Context) -> None:
                 raise typer.Exit(run_service(service, list(ctx.args)))
 

@@ -12,7 +12,8 @@ Least privilege, one block per principal (Mosquitto denies whatever no line gran
   requests that change nothing (`READ_ONLY_ACTIONS`);
   both read events, node reports and progress (not desired states, data or Flower frames).
 - an actor of job J: the aggregator writes progress, `fl/+/down` and the cast topic of J and
-  reads J's `fl/+/up`; learner A writes only `jobs/J/fl/A/up` and reads its down and the cast.
+  reads J's `fl/+/up`; learner A writes only `jobs/J/fl/A/up` and reads its down and the cast;
+  both read J's placement (the notifier writes it), by which they are fenced.
 - everyone reads replies addressed to its own client id (`pattern read .../reply/%c`).
 
 Node names go into explicit `user` blocks, never `pattern ... %u` lines: a pattern applies to every
@@ -62,11 +63,14 @@ class Policy:
     actor_state: topics.TopicTemplate = topics.ACTOR_STATE
     actor_log: topics.TopicTemplate = topics.ACTOR_LOG
     job_progress: topics.TopicTemplate = topics.JOB_PROGRESS
+    job_placement: topics.TopicTemplate = topics.JOB_PLACEMENT
     fl_down: topics.TopicTemplate = topics.FL_DOWN
     fl_cast: topics.TopicTemplate = topics.FL_CAST
     fl_up: topics.TopicTemplate = topics.FL_UP
     data: topics.TopicTemplate = topics.DATA
     bundle: topics.TopicTemplate = topics.BUNDLE
+    serving: topics.TopicTemplate = topics.SERVING
+    predictions: topics.TopicTemplate = topics.PREDICTIONS
     actors_as_node: bool = False
     """Transitional: actors connect with their node's identity (no per-job credentials yet), so a
     node may also use every job's actor topics (`_actor_rules` with `job=+`). Off: least privilege."""
@@ -79,7 +83,8 @@ class Policy:
     def templates(self) -> tuple[topics.TopicTemplate, ...]:
         return (
             self.request, self.reply, self.event, self.node_info, self.node_status, self.node_desired, self.actor_state,
-            self.actor_log, self.job_progress, self.fl_down, self.fl_cast, self.fl_up, self.data, self.bundle,
+            self.actor_log, self.job_progress, self.job_placement, self.fl_down, self.fl_cast, self.fl_up, self.data, self.bundle,
+            self.serving, self.predictions,
         )  # fmt: skip
 
     @property
@@ -94,7 +99,8 @@ class Policy:
     def _reports(self, access: str) -> list[Rule]:
         return [
             self._rule(access, t)
-            for t in (self.event, self.node_info, self.node_status, self.actor_state, self.actor_log, self.job_progress)
+            for t in (self.event, self.node_info, self.node_status, self.actor_state, self.actor_log, self.job_progress,
+                      self.serving, self.predictions)
         ]
 
     def rules(self, identity: Identity) -> list[Rule]:
@@ -106,13 +112,15 @@ class Policy:
                 return [
                     r("read", self.request), r("write", self.reply), r("readwrite", self.event),
                     r("read", self.node_info), r("read", self.node_status), r("read", self.actor_state), r("read", self.job_progress),
+                    r("read", self.serving),
                 ]  # fmt: skip
             case Kind.service:
                 own = [
                     r("write", self.event, aggregate=e.aggregate, type=e.__name__) for e in EVENT_WRITERS.get(identity.name, ())
                 ]
                 if identity.name == "notifier":
-                    own += [r("read", self.node_info), r("read", self.node_status), r("write", self.node_desired)]
+                    own += [r("read", self.node_info), r("read", self.node_status), r("write", self.node_desired),
+                            r("write", self.job_placement)]
                 if identity.name == "builder":
                     own += [r("readwrite", self.bundle)]
                 return [r("read", self.event), *own]
@@ -136,6 +144,7 @@ class Policy:
             r("write", self.node_info, node=node), r("write", self.node_status, node=node),
             r("write", self.actor_state, node=node), r("write", self.actor_log, node=node),
             r("read", self.node_desired, node=node), r("read", self.data, node=node), r("read", self.bundle),
+            r("write", self.serving, node=node), r("write", self.predictions, node=node),
         ]  # fmt: skip
 
     def _actor_rules(self, role: str, **fixed: str) -> list[Rule]:
@@ -146,12 +155,13 @@ class Policy:
         if role == Role.AGGREGATOR:
             return [
                 r("write", self.job_progress, job=job), r("write", self.fl_down, job=job),
-                r("write", self.fl_cast, job=job), r("read", self.fl_up, job=job),
+                r("write", self.fl_cast, job=job), r("read", self.fl_up, job=job), r("read", self.job_placement, job=job),
             ]  # fmt: skip
         return [
             r("write", self.fl_up, job=job, actor=actor),
             r("read", self.fl_down, job=job, actor=actor),
             r("read", self.fl_cast, job=job),
+            r("read", self.job_placement, job=job),
         ]
 
     def render(self, identities: Iterable[Identity]) -> str:

@@ -18,7 +18,11 @@ def parse_args(argv: Sequence[str] | None) -> FlameletSettings:
     parser = service_parser("flamelet", "Ember flamelet: one worker node's agent.")
     parser.add_argument("--node", dest="node_id", metavar="NODE", help="node id (default: EMBER_NODE_ID)")
     parser.add_argument("--data-dir", dest="mldata_data_dir", help="the node's mldata folder (default: EMBER_MLDATA_DATA_DIR)")
+    parser.add_argument("--mldata-url", dest="mldata_url",
+                        help="URL the node's learners reach its mldata at (EMBER_MLDATA_URL; default: the one mldata recorded in its folder)")
     parser.add_argument("--capabilities", dest="flamelet_capabilities", help="comma list of roles: aggregator,learner")
+    parser.add_argument("--label", dest="flamelet_labels", action="append", metavar="KEY=VALUE",
+                        help="a label to announce, e.g. site=plant-a (repeatable; default: EMBER_FLAMELET_LABELS)")
     parser.add_argument("--cpus", dest="flamelet_cpus", type=int, help="CPUs to announce (default: the machine's)")
     parser.add_argument("--memory-mb", dest="flamelet_memory_mb", type=int, help="memory to announce (default: the machine's)")
     parser.add_argument("--keepalive", type=int, help="MQTT keepalive in seconds (default 5)")

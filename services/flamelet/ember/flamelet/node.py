@@ -31,5 +31,6 @@ def node_info(settings: FlameletSettings, started: datetime) -> NodeInfo:
         runtimes=["process"],
         data=DataSummary.read(settings.mldata_data_dir).rows(),
         mldata_url=settings.mldata_url,
+        labels=dict(settings.flamelet_labels),
         started=started,
     )

@@ -10,6 +10,10 @@ spec's env on top and `PYTHONPATH=<artifact.code_dir>`; for a `bundle` artifact,
 code folder are this node's own, prepared first (`ember.flamelet.code`), in its own session and process group
 (so stopping it stops everything it started, and a dying flamelet does not take it along).
 An actor is watched through a pidfd (woken by the kernel when it ends, no polling).
+
+`owner.pid` in the same folder names the flamelet that owns the node's actors (each runtime
+writes it when it starts); the shim stops an actor once no owner has been alive for
+`orphan_grace` seconds (see `ember.flamelet.shim`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ember.flamelet.runtime import ActorExit, StartFailed
 from ember.log import get_logger
 
 SHIM = Path(__file__).with_name("shim.py")
+OWNER_FILE = "owner.pid"
 log = get_logger("ember.flamelet.process")
 
 
@@ -173,11 +178,17 @@ class ProcessRuntime:
 
     name = "process"
 
-    def __init__(self, actors_dir: Path, *, base_env: Mapping[str, str] | None = None, code: CodeCache | None = None) -> None:
+    def __init__(self, actors_dir: Path, *, base_env: Mapping[str, str] | None = None, code: CodeCache | None = None,
+                 orphan_grace: float = 30.0) -> None:
         self.actors_dir = actors_dir
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.code = code or CodeCache.from_env(actors_dir.parent / "code", self.base_env)
+        self.orphan_grace = orphan_grace
         actors_dir.mkdir(parents=True, exist_ok=True)
+        self.owner_file = actors_dir / OWNER_FILE
+        tmp = self.owner_file.with_suffix(".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, self.owner_file)
 
     def files(self, actor: str) -> ActorFiles:
         if not actor or "/" in actor or actor.startswith(".") or "\x00" in actor:
@@ -215,7 +226,7 @@ class ProcessRuntime:
             out.flush()
             try:
                 popen = subprocess.Popen(
-                    [sys.executable, "-I", str(SHIM), str(files.exit), *command],
+                    [sys.executable, "-I", str(SHIM), *self._watch_owner(), str(files.exit), *command],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     env=self.environment(spec), cwd=code_dir or self.actors_dir, start_new_session=True,
                 )
@@ -226,6 +237,9 @@ class ProcessRuntime:
         tmp.write_text(json.dumps(record))
         os.replace(tmp, files.state)
         return ProcessActor(spec, files, popen.pid, popen)
+
+    def _watch_owner(self) -> list[str]:
+        return ["--owner", str(self.owner_file), "--orphan-grace", f"{self.orphan_grace:g}"] if self.orphan_grace > 0 else []
 
     async def adopt(self) -> list[ProcessActor]:
         found = []

@@ -10,14 +10,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ember.actions import SubmitJob
+from ember.actions import ServeModel, StopServing, SubmitJob
 from ember.bus import Bus
 from ember.errors import Conflict, InvalidRequest
 from ember.eventlog.base import EventLog, StoredEvent
-from ember.events import ActorReport, Event, JobResult, NodeInfo, NodeStatus, RoundCompleted
+from ember.events import ActorReport, Event, JobResult, NodeInfo, NodeStatus, Role, RoundCompleted, ServingStatus
 from ember.follower import LogFollower, append_and_publish
 from ember.log import get_logger
-from ember.manager import decide, jobs, membership, reports
+from ember.manager import decide, jobs, membership, reports, serving
 from ember.nodes import NodeTable
 from ember.projection import Projection
 
@@ -35,6 +35,10 @@ class Manager:
         self.tail_lines = tail_lines
         self.deploy_timeout = deploy_timeout
         self.nodes = NodeTable()
+        self.server_reports: dict[str, ActorReport] = {}
+        """actor -> latest report of a serving actor (they belong to no job)."""
+        self.serving_urls: dict[tuple[str, str], str] = {}
+        """(node, model) -> the URL its serving actor announced."""
         self.follower = LogFollower(eventlog, bus, self.reconcile, name="manager", resync_every=resync)
 
     @property
@@ -83,10 +87,38 @@ class Manager:
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         await self.catch_up()
-        return membership.listing(self.nodes, self.projection)
+        servers = serving.node_actors(self.projection, self.nodes, self.server_reports, self.serving_urls)
+        return membership.listing(self.nodes, self.projection, servers)
+
+    async def serve(self, request: ServeModel, request_id: str) -> dict[str, Any]:
+        event_id, event = serving.requested(request, request_id)
+        await self.append(event_id, request.model, event)
+        await self.catch_up()
+        return serving.summary(self.projection.servings.get(request.model), request.model, self.nodes)
+
+    async def stop_serving(self, request: StopServing, request_id: str) -> dict[str, Any]:
+        await self.catch_up()
+        event_id, event = serving.stopped(request, request_id, self.projection)
+        await self.append(event_id, request.model, event)
+        await self.catch_up()
+        return serving.summary(self.projection.servings.get(request.model), request.model, self.nodes)
+
+    async def list_serving(self) -> list[dict[str, Any]]:
+        await self.catch_up()
+        return serving.listing(self.projection, self.nodes)
+
+    def record_serving(self, node: str, model: str, status: ServingStatus | None) -> None:
+        """A serving actor's announced endpoint (None: it stopped and cleared it)."""
+        if status is None:
+            self.serving_urls.pop((node, model), None)
+        else:
+            self.serving_urls[(node, model)] = status.url
 
     # --- reports ---------------------------------------------------------------------------
     async def record_actor(self, report: ActorReport) -> None:
+        if report.role == Role.SERVER:
+            self.server_reports[report.actor] = report
+            return
         bound = log.bind(job=report.job, node=report.node, actor=report.actor, state=report.state.value)
         decision = reports.actor_event(report, self.projection.jobs.get(report.job))
         if isinstance(decision, reports.Skip):
@@ -98,7 +130,7 @@ class Manager:
         event_id, event = decision
         await self.append(event_id, report.job, event)
 
-    async def record_progress(self, job_id: str, report: RoundCompleted | JobResult, source: str) -> None:
+    async def record_progress(self, job_id: str, report: RoundCompleted | JobResult, source: str = "") -> None:
         """A round the aggregator finished (`{job}:round:{n}`), or its final result (`{job}:result`)."""
         decision = reports.progress_event(report, self.projection.jobs.get(job_id), job_id, source)
         if isinstance(decision, reports.Skip):

@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ember import actions, topics
-from ember.actions import GetJob, JobRef, NoArguments, SubmitJob
+from ember.actions import GetJob, JobRef, NoArguments, ServeModel, StopServing, SubmitJob
 from ember.bus import Bus, Message
 from ember.envelope import Envelope, inbound
+from ember.events import ServingStatus
 from ember.errors import Unavailable
 from ember.manager import reports
 from ember.manager.core import Manager
@@ -68,6 +69,21 @@ def register(bus: Bus, manager: Manager, gate: Gate) -> None:
         async with gate.enter():
             return await manager.list_nodes()
 
+    async def serve(request: ServeModel, envelope: Envelope) -> Any:
+        async with gate.enter():
+            return await manager.serve(request, envelope.id)
+
+    async def stop_serving(request: StopServing, envelope: Envelope) -> Any:
+        async with gate.enter():
+            return await manager.stop_serving(request, envelope.id)
+
+    async def list_serving(_request: NoArguments, _envelope: Envelope) -> Any:
+        async with gate.enter():
+            return await manager.list_serving()
+
+    bus.serve(actions.MODELS_SERVE, serve)
+    bus.serve(actions.MODELS_STOP, stop_serving)
+    bus.serve(actions.MODELS_SERVING, list_serving)
     bus.serve(actions.JOBS_SUBMIT, submit)
     bus.serve(actions.JOBS_CANCEL, cancel)
     bus.serve(actions.JOBS_GET, get)
@@ -94,6 +110,15 @@ def register(bus: Bus, manager: Manager, gate: Gate) -> None:
             status = parse_status(message.body, message.params)
         await manager.record_node(message.params["node"], status=status)
 
+    async def on_serving(message: Message) -> None:
+        if not message.payload:  # the actor stopped: its retained status was cleared
+            manager.record_serving(message.params["node"], message.params["model"], None)
+            return
+        with inbound():
+            status = ServingStatus.model_validate(Envelope.model_validate_json(message.payload).data)
+        manager.record_serving(message.params["node"], message.params["model"], status)
+
+    bus.subscribe(topics.SERVING, on_serving, raw=True)
     bus.subscribe(topics.ACTOR_STATE, on_actor_state)
     bus.subscribe(topics.JOB_PROGRESS, on_progress)
     bus.subscribe(topics.NODE_INFO, on_info)

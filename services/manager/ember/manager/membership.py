@@ -26,8 +26,9 @@ def membership_event(table: NodeTable, node: str, projection: Projection) -> tup
     return None
 
 
-def listing(table: NodeTable, projection: Projection) -> list[dict[str, Any]]:
-    """`{node, status, since, info, actors}` per node; actors of live jobs placed there."""
+def listing(table: NodeTable, projection: Projection, servers: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """`{node, status, since, info, actors}` per node; actors of live jobs placed there, then
+    its serving actors (`servers`, node -> rows)."""
     actors: dict[str, list[dict[str, Any]]] = {}
     for job in projection.jobs.values():
         if job.state.terminal:
@@ -36,6 +37,8 @@ def listing(table: NodeTable, projection: Projection) -> list[dict[str, Any]]:
             actors.setdefault(actor.node, []).append(
                 {"actor": actor.actor, "job": job.id, "role": actor.role.value, "state": actor.state.value}
             )
+    for node, rows in (servers or {}).items():
+        actors.setdefault(node, []).extend(rows)
     out = []
     for name in sorted(set(table.rows) | set(projection.nodes)):
         row = table.row(name)

@@ -64,6 +64,8 @@ def actor_event(report: ActorReport, job: JobView | None) -> tuple[str, ActorSta
         return Skip(f"job {report.job} has no actor {report.actor}")
     if actor.node != report.node:
         return Skip(f"actor {report.actor} is placed on {actor.node}, not {report.node}")
+    if actor.generation < job.generation:
+        return Skip(f"fenced: actor {report.actor} is of generation {actor.generation}, the job is at {job.generation}")
     if actor.state.terminal or ORDER[report.state] < ORDER[actor.state]:
         return Skip(f"stale report: actor is already {actor.state.value}", quiet=True)
     event = ActorStateChanged(
@@ -87,19 +89,23 @@ def parse_progress(envelope: Envelope) -> RoundCompleted | JobResult:
     raise ValueError(f"expected a RoundCompleted or JobResult envelope on a progress topic, got {envelope.type!r}")
 
 
-def progress_event(report: RoundCompleted | JobResult, job: JobView | None, job_id: str, source: str) -> tuple[str, Event] | Skip:
+def progress_event(report: RoundCompleted | JobResult, job: JobView | None, job_id: str, source: str = "") -> tuple[str, Event] | Skip:
     """For a known job: a round as `{job}:round:{n}`, the final result as `{job}:result` (its
     metrics, MLflow run and model version).
 
-    Only the job's aggregator reports progress: the envelope's `source` must name one of the job's
-    aggregator actors (any generation). The broker's ACL is what makes `source` trustworthy: only
-    the job's aggregator credential may publish on `jobs/{job}/progress`."""
+    Only the job's aggregator reports progress: `source` (the envelope's) must name one of the
+    job's aggregator actors, and one of the current generation (an aggregator a re-placement
+    fenced is not heard). The broker's ACL is what makes `source` trustworthy: only the job's
+    aggregator credential may publish on `jobs/{job}/progress`."""
     if job is None:
         return Skip(f"unknown job {job_id}")
     aggregators = {a.actor for a in job.actors.values() if a.role == Role.AGGREGATOR}
     if source not in aggregators:
         placed = ", ".join(sorted(aggregators)) or "none placed yet"
         return Skip(f"progress from {source[:80]!r}, not from the job's aggregator ({placed})")
+    sender = job.actors[source]
+    if sender.generation < job.generation:
+        return Skip(f"fenced: {source} is of generation {sender.generation}, the job is at {job.generation}")
     if not isinstance(report, RoundCompleted):
         return fact_id(job_id, "result"), ResultReported(**report.model_dump())
     if report.round < 1:

@@ -1,8 +1,8 @@
 """Where a job's actors go: pure functions of the online nodes' info and the projection.
 
 Rules (deterministic for the same inputs; nothing here mutates its arguments):
-- only online nodes that announce the job's runtime (`NodeInfo.runtimes`) and the actor's role
-  (`NodeInfo.capabilities`) are used;
+- only online nodes that announce the job's runtime (`NodeInfo.runtimes`), the actor's role
+  (`NodeInfo.capabilities`) and every label of the job's `placement.labels` are used;
 - a node's room is its announced cpus and memory, each times the overcommit factor, minus what the
   live actors of other jobs reserve on it; every actor of a job reserves the job's `resources`
   (cpus, memory_mb), and an actor fits while both its cpus and its memory fit in what is left;
@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from ember.events import ActorState, NodeInfo, Placement, Role
-from ember.jobspec import DataSpec, LearnerSpec, ProbeSpec, ResourceSpec
+from ember.jobspec import DataSpec, LearnerSpec, PlacementSpec, ProbeSpec, ResourceSpec
 from ember.projection import ActorView, JobView, Projection
+from ember.serving import matches
 
 EPSILON = 1e-9
 """Slack when comparing cpus, which are floats summed from fractions (0.1 + 0.2 > 0.3)."""
@@ -53,6 +54,8 @@ class JobNeeds:
     memory_mb: int
     runtime: str
     probe: ProbeSpec | None
+    labels: tuple[tuple[str, str], ...] = ()
+    """Labels a node must carry to take the job's actors (`placement.labels`)."""
 
     @classmethod
     def of(cls, job: JobView) -> JobNeeds:
@@ -63,10 +66,12 @@ class JobNeeds:
             data = DataSpec.model_validate(spec.get("data") or {})
             resources = ResourceSpec.model_validate(spec.get("resources") or {})
             probe = ProbeSpec.model_validate(spec["probe"]) if spec.get("probe") is not None else None
+            placement = PlacementSpec.model_validate(spec.get("placement") or {})
         except (ValidationError, AttributeError, TypeError) as exc:
             raise ValueError(f"unusable job spec: {exc}") from None
         runtime = str(spec.get("runtime") or "process")
-        return cls(learners.count, tuple(data.tags), resources.cpus, resources.memory_mb, runtime, probe)
+        return cls(learners.count, tuple(data.tags), resources.cpus, resources.memory_mb, runtime, probe,
+                   tuple(sorted(placement.labels.items())))
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ def rooms(online: Iterable[NodeInfo], used: Mapping[str, tuple[float, float]], n
             on_node[actor.node] = on_node.get(actor.node, 0) + 1
     out = []
     for info in online:
-        if needs.runtime not in info.runtimes:
+        if needs.runtime not in info.runtimes or not matches(info.labels, dict(needs.labels)):
             continue
         cpus, mem = capacity(info, overcommit)
         used_cpus, used_mem = used.get(info.node, (0.0, 0.0))
@@ -265,7 +270,8 @@ def _placed(wanted: Sequence[Wanted], online: Sequence[NodeInfo], used: Mapping[
 
 
 def _each(needs: JobNeeds) -> str:
-    return f"{needs.cpus:g} cpu{'' if needs.cpus == 1 else 's'} and {needs.memory_mb} MB each, {needs.runtime} runtime"
+    labels = "".join(f", label {key}={value}" for key, value in needs.labels)
+    return f"{needs.cpus:g} cpu{'' if needs.cpus == 1 else 's'} and {needs.memory_mb} MB each, {needs.runtime} runtime{labels}"
 
 
 def _names(nodes: Sequence[str], limit: int = 8) -> str:
