@@ -193,6 +193,12 @@ def plant_b(stack: Stack):
     """A third flamelet, `node-b`, started with `--label site=plant-b` (stopped by its pid at the end)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBER_")}
     env.update(EMBER_HOME=str(stack.home), EMBER_KEEPALIVE="2", EMBER_LOG_LEVEL="info")
+    # a node joining a secured stack: provision its identity, let the broker re-read its files
+    from ember.security.provision import Pki, provision, reload_broker
+
+    provision(stack.home, nodes=["node-b"])
+    reload_broker(stack.pid("mosquitto"))
+    env["EMBER_IDENTITY"] = str(Pki(stack.home).bundle("node-b"))
     log = open(stack.home / "logs" / "node-b.log", "ab")  # noqa: SIM115 - closed in the finally
     proc = subprocess.Popen([sys.executable, "-m", "ember.flamelet", "--node", "node-b", "--label", "site=plant-b", "--cpus", "4"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
