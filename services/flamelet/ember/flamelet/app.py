@@ -21,8 +21,7 @@ from ember.envelope import Envelope, utcnow
 from ember.errors import Unavailable
 from ember.events import ActorLogLines, ActorReport, ActorSpec, NodeStatus
 from ember.flamelet.handlers import desired_handler
-from ember.flamelet.node import node_info, summary_stamp
-from ember.flamelet.process import ProcessRuntime
+from ember.flamelet.node import node_info, node_runtimes, summary_stamp
 from ember.flamelet.runtime import Runtime
 from ember.flamelet.settings import FlameletSettings
 from ember.flamelet.supervisor import Supervisor
@@ -39,7 +38,7 @@ class Flamelet:
         self.root = settings.topic_root
         self.started: datetime = utcnow()
         self._will_since = self._online_since = self.started
-        self.runtime = runtime or ProcessRuntime(settings.actors_dir)
+        self.runtime = runtime or node_runtimes(settings)
         self.log = get_logger("ember.flamelet", node=node)
         self.bus = Bus(
             settings.resolved_mqtt_url(),
@@ -159,7 +158,7 @@ class Flamelet:
                     await self._publish_info()
 
     async def _publish_info(self) -> None:
-        info = node_info(self.settings, self.started)
+        info = node_info(self.settings, self.started, getattr(self.runtime, "names", [self.runtime.name]))
         envelope = self.bus.envelope("NodeInfo", info.model_dump(mode="json"), subject=self.node)
         await self.bus.publish(topics.NODE_INFO.format(self.root, node=self.node), envelope, retain=True)
 

@@ -1,4 +1,4 @@
-"""What a flamelet announces about its node: `NodeInfo` (machine, roles, data tags)."""
+"""What a flamelet has and announces about its node: runtimes, `NodeInfo` (machine, roles, data tags)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from datetime import datetime
 from pathlib import Path
 
 from ember.events import NodeInfo
+from ember.flamelet.process import ProcessRuntime
+from ember.flamelet.runtime import Runtime, Runtimes
 from ember.flamelet.settings import FlameletSettings
 
 SUMMARY_FILE = "_summary.json"
@@ -43,13 +45,28 @@ def summary_stamp(data_dir: Path | None) -> float | None:
         return None
 
 
-def node_info(settings: FlameletSettings, started: datetime) -> NodeInfo:
+def node_runtimes(settings: FlameletSettings) -> Runtimes:
+    """The runtimes of `flamelet_runtimes` this node can run: `docker` only when its engine answers."""
+    runtimes: list[Runtime] = []
+    if "process" in settings.flamelet_runtimes:
+        runtimes.append(ProcessRuntime(settings.actors_dir))
+    if "docker" in settings.flamelet_runtimes:
+        from ember.flamelet.containers import DockerRuntime  # needs the docker package and an engine
+
+        docker = DockerRuntime.connect(settings.actors_dir, node=settings.node_id, mldata_dir=settings.mldata_data_dir,
+                                       keep_images=settings.flamelet_keep_images)
+        if docker is not None:
+            runtimes.append(docker)
+    return Runtimes(*runtimes)
+
+
+def node_info(settings: FlameletSettings, started: datetime, runtimes: list[str] | None = None) -> NodeInfo:
     return NodeInfo(
         node=settings.node_id,
         cpus=settings.flamelet_cpus or os.cpu_count() or 1,
         memory_mb=settings.flamelet_memory_mb or memory_mb(),
         capabilities=list(settings.flamelet_capabilities),
-        runtimes=["process"],
+        runtimes=runtimes if runtimes is not None else ["process"],
         data=data_tags(settings.mldata_data_dir),
         mldata_url=settings.mldata_url,
         started=started,

@@ -28,7 +28,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ember.events import ActorSpec
-from ember.flamelet.runtime import ActorExit, StartFailed
+from ember.flamelet.runtime import ActorExit, PullProgress, StartFailed
 from ember.log import get_logger
 
 SHIM = Path(__file__).with_name("shim.py")
@@ -65,8 +65,13 @@ async def _until_gone(pid: int, marker: str) -> None:
             await asyncio.sleep(0.2)
         return
     loop = asyncio.get_running_loop()
-    gone = loop.create_future()
-    loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+    gone: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(fd, readable)
     try:
         await gone
     finally:
@@ -194,9 +199,12 @@ class ProcessRuntime:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
+    async def prepare(self, spec: ActorSpec, progress: PullProgress) -> None:
+        """Nothing to fetch: the artifact is a venv and a code folder on this disk."""
+
     async def start(self, spec: ActorSpec) -> ProcessActor:
-        if spec.runtime != self.name:
-            raise StartFailed(f"this node runs actors with the {self.name!r} runtime, not {spec.runtime!r}")
+        if spec.artifact.kind == "image":
+            raise StartFailed(f"the {self.name!r} runtime cannot run an image artifact ({spec.artifact.image})")
         files = self.files(spec.actor)
         command = self.command(spec)
         code_dir = spec.artifact.code_dir
@@ -241,5 +249,5 @@ class ProcessRuntime:
                 found.append(ProcessActor(spec, files, pid, exit=ActorExit(None, "lost: its process is gone and left no exit code")))
         return found
 
-    def forget(self, actor: str) -> None:
+    async def forget(self, actor: str) -> None:
         self.files(actor).remove()
