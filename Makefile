@@ -6,9 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test check demo bench clean mosquitto
+.PHONY: install test check demo bench clean mosquitto docker
 
-install: $(STAMP) mosquitto
+install: $(STAMP) mosquitto docker
 
 MEMBERS := libs/common services/manager services/builder services/notifier services/flamelet services/mldata
 PYPROJECTS := pyproject.toml $(addsuffix /pyproject.toml,$(MEMBERS))
@@ -30,6 +30,25 @@ mosquitto:
 	  else \
 	    echo "Ember needs the Mosquitto broker: run 'sudo apt-get install mosquitto' (Debian/Ubuntu) and retry." >&2; exit 1; \
 	  fi; }
+
+# The Docker runtime's tools: the engine, the CNCF registry and debootstrap (for the base image), through
+# apt-get when root, and a running dockerd (started in the background when nothing answers; no systemd
+# here). Without root this only says what is missing: the Docker tests then skip (or fail with CI=true).
+DOCKER_PKGS := docker.io docker-registry debootstrap
+docker:
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  missing=""; \
+	  command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	  command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
+	  command -v debootstrap >/dev/null || test -x /usr/sbin/debootstrap || missing="$$missing debootstrap"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing$$missing with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	  deploy/docker/start-dockerd.sh; \
+	elif ! docker info >/dev/null 2>&1; then \
+	  echo "no Docker engine answers and this is not root: the Docker tests will skip ($(DOCKER_PKGS) needed)" >&2; \
+	fi
 
 test: install check
 	$(PY) -m pytest -q

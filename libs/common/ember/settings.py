@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     eventlog_url: str = ""
     """`sqlite:///path` or `mongodb://...`. Empty: SQLite file under the home folder."""
     mlflow_tracking_uri: str = ""
+    registry: str = ""
+    """Image registry `host:port` the builder pushes to and nodes pull from (docker runtime).
+    Empty: the one `ember up --runtime docker` recorded in the home folder, if any."""
     node_id: str = ""
     log_format: str = "auto"
     """`json`, `console` or `auto` (console on a TTY, JSON lines otherwise)."""
