@@ -1,8 +1,8 @@
-"""The flamelet's Docker runtime against a real Docker engine (and a real Mosquitto).
+"""The flamelet's Docker runtime against a real Docker engine (and a real Mosquitto and registry).
 
 Actors are probe containers (`ember.actors.probe`) of a small image built here from a Python
-base image and the probe's source. Without an engine the module skips, saying why; with
-`CI=true` it fails instead.
+image and the probe's source. Without an engine the tests skip, saying why; with `CI=true`
+they fail instead (see `docker_fixtures`).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from docker_fixtures import unavailable
 
 from ember.events import ActorSpec, ActorState, Artifact, Role
 from ember.flamelet.app import Flamelet
 from ember.flamelet.containers import DockerRuntime
+from ember.flamelet.runtime import StartFailed
 from ember.testing import assert_eventually
 from test_flamelet import Observer, flamelet_settings
-
-docker = pytest.importorskip("docker")
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[1]
@@ -35,26 +35,17 @@ PYTHON_IMAGE = os.environ.get("EMBER_TEST_PYTHON_IMAGE", "ember-dev-python:bookw
 """Any image with `python3` on its PATH."""
 
 
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and {reason}")
-    pytest.skip(reason)
+@pytest.fixture
+def engine(docker_client):
+    return docker_client
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[docker.DockerClient]:
-    try:
-        client = docker.from_env(timeout=10)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        unavailable(f"no Docker engine answers ({exc})")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def probe_image(engine: docker.DockerClient) -> str:
+@pytest.fixture(scope="session")
+def probe_image(docker_client) -> str:
     """`ember-test-probe:<hash>`: the Python image plus the probe actor's source on PYTHONPATH."""
+    import docker
+
+    engine = docker_client
     try:
         base = engine.images.get(PYTHON_IMAGE)
     except docker.errors.ImageNotFound:
@@ -92,7 +83,7 @@ def probe(image: str, actor: str, seconds: float, code: int = 0, *, job: str = "
     )
 
 
-def containers(engine: docker.DockerClient, home: Path, actor: str | None = None) -> list:
+def containers(engine, home: Path, actor: str | None = None) -> list:
     """The containers of the flamelet whose actors folder is under `home` (node n1)."""
     scope = str((home / "nodes" / "n1" / "actors").resolve())
     labels = [f"ember.scope={scope}"] + ([f"ember.actor={actor}"] if actor else [])
@@ -100,7 +91,7 @@ def containers(engine: docker.DockerClient, home: Path, actor: str | None = None
 
 
 @pytest.fixture
-def home(tmp_path: Path, engine: docker.DockerClient) -> Iterator[Path]:
+def home(tmp_path: Path, engine) -> Iterator[Path]:
     """The node's home; any container left by a failed test is removed."""
     yield tmp_path
     for container in containers(engine, tmp_path):
@@ -194,3 +185,52 @@ async def test_kill_9_then_restart_adopts_running_containers_without_duplicates(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0, (home / "flamelet.log").read_text()[-3000:]
+
+
+async def test_an_image_is_pulled_by_digest_with_progress_and_collected_when_its_actor_is_forgotten(engine, probe_image, home,
+                                                                                                    docker_registry, tmp_path):
+    # an image only the registry has: the probe image plus a layer of 4 MB nobody else shares
+    (tmp_path / "blob").write_bytes(os.urandom(4 << 20))
+    (tmp_path / "Dockerfile").write_text(f"FROM {probe_image}\nCOPY blob /blob\n")
+    repository = f"{docker_registry.address}/ember-test/pulled"
+    image, _ = engine.images.build(path=str(tmp_path), tag=f"{repository}:build", rm=True, network_mode="none")
+    engine.images.push(repository, tag="build")
+    digest = engine.images.get_registry_data(f"{repository}:build").id
+    engine.images.remove(f"{repository}:build", force=True)
+    pinned = f"{repository}@{digest}"
+
+    runtime = DockerRuntime.connect(home / "nodes" / "n1" / "actors", node="n1", keep_images=0)
+    assert runtime is not None
+    spec = probe(pinned, "pulled", 0)
+    reports: list[tuple[int, int]] = []
+
+    async def progress(done: int, total: int) -> None:
+        reports.append((done, total))
+
+    await runtime.prepare(spec, progress)
+    assert reports and reports[-1][0] == reports[-1][1] >= 4 << 20
+    assert all(done <= total for done, total in reports)
+    assert pinned in engine.images.get(pinned).attrs["RepoDigests"]
+    reports.clear()
+    await runtime.prepare(spec, progress)
+    assert reports == [], "an image the engine has is not pulled again"
+
+    run = await runtime.start(spec)
+    assert (await run.wait()).ok
+    await runtime.forget("pulled")  # keep_images=0: the image goes with its last container
+    with pytest.raises(Exception, match="No such image|not found"):
+        engine.images.get(pinned)
+
+
+async def test_an_unreachable_registry_fails_the_pull_with_a_reason(engine, home):
+    from ember.testing import free_port
+
+    runtime = DockerRuntime.connect(home / "nodes" / "n1" / "actors", node="n1")
+    assert runtime is not None
+    spec = probe(f"127.0.0.1:{free_port()}/ember-test/absent@sha256:{'0' * 64}", "nowhere", 0)
+
+    async def progress(done: int, total: int) -> None:
+        pass
+
+    with pytest.raises(StartFailed, match="cannot pull image 127.0.0.1:.*connection refused"):
+        await runtime.prepare(spec, progress)
