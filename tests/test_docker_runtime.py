@@ -147,7 +147,7 @@ async def test_no_longer_desired_containers_stop_within_5s_and_are_removed(engin
         stubborn = await assert_eventually(lambda: observer.ended("stubborn"), timeout=5)
         assert long.exit_code == 143 and "no longer desired" in long.reason
         assert "SIGKILL" in stubborn.reason
-        await assert_eventually(lambda: containers(engine, home) == [], timeout=10)
+        await assert_eventually(lambda: containers(engine, home) == [], timeout=10, interval=0.2)
 
 
 def child_of(pid: int | None) -> int:
@@ -181,7 +181,7 @@ async def test_kill_9_then_restart_adopts_running_containers_without_duplicates(
         await observer.desire(2)
         ended = await assert_eventually(lambda: observer.ended("survivor"), timeout=5)
         assert ended.exit_code == 143
-        await assert_eventually(lambda: containers(engine, home) == [], timeout=10)
+        await assert_eventually(lambda: containers(engine, home) == [], timeout=10, interval=0.2)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0, (home / "flamelet.log").read_text()[-3000:]

@@ -10,6 +10,10 @@
    all nodes' readings pooled, read back from the nodes' mldata), the MLflow run id and the
    registered model version.
 
+With `--runtime docker` (`make demo-docker`) the same job runs in containers: the builder builds
+its image and pushes it to a private registry started for the demo (or the one `EMBER_REGISTRY`
+names), and the flamelets pull it by digest and run every actor as a container.
+
 Exit status: 0 when the job succeeded, 1 when it failed (or the demo itself failed), 130 on
 Ctrl-C. The stack is always shut down in order before exiting.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -48,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=SECONDS, help="seconds of readings each device sends")
     parser.add_argument("--devices", type=int, default=DEVICES, help="mock devices per node")
     parser.add_argument("--timeout", type=float, default=240.0, help="give up on the job after this many seconds")
+    parser.add_argument("--runtime", choices=["process", "docker"], default="process", help="run the actors as processes or containers")
     parser.add_argument("--verbose", action="store_true", help="echo every service's log lines")
     return parser.parse_args(argv)
 
@@ -171,6 +177,17 @@ async def run_job(url: str, spec: dict[str, Any], spec_dir: Path, console: Conso
 
 
 def demo(args: argparse.Namespace, console: Console) -> int:
+    with contextlib.ExitStack() as resources:
+        env = dict(os.environ)
+        if args.runtime == "docker" and not env.get("EMBER_REGISTRY"):
+            from ember.registry import private_registry
+
+            env["EMBER_REGISTRY"] = resources.enter_context(private_registry()).address
+            console.print(f"image registry on {env['EMBER_REGISTRY']}")
+        return run_demo(args, console, env)
+
+
+def run_demo(args: argparse.Namespace, console: Console, env: dict[str, str]) -> int:
     from ember.jobspec import load_spec_file
     from ember.settings import Settings
     from ember.stack import Stack
@@ -179,10 +196,11 @@ def demo(args: argparse.Namespace, console: Console) -> int:
     home = fresh_home(args.home)
     example = args.example.resolve()
     spec = load_spec_file(example / "job.yaml")
+    spec["runtime"] = args.runtime
     tag = (spec.get("data") or {}).get("tags", [TAG])[0]
     console.rule("[bold]Ember demo")
-    console.print(f"home {home}; starting the local stack (Mosquitto, control plane, 3 flamelets + mldata)…")
-    with Stack(home, flamelets=3, echo=sys.stderr if args.verbose else None) as stack:
+    console.print(f"home {home}; starting the local stack (Mosquitto, control plane, 3 flamelets + mldata), runtime {args.runtime}…")
+    with Stack(home, flamelets=3, env=env, echo=sys.stderr if args.verbose else None) as stack:
         console.print(f"stack ready on {stack.url} ({time.monotonic() - started:.1f}s)")
         console.print(f"mock devices: {args.devices} machines a node, {args.seconds} s of readings each")
         asyncio.run(feed_nodes(stack, tag, args.devices, args.seconds, console))
