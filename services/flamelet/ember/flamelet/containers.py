@@ -242,7 +242,7 @@ class DockerRuntime:
         if await asyncio.to_thread(self._has_image, image):
             return
         tracker = PullTracker()
-        pulling = asyncio.ensure_future(asyncio.to_thread(self._pull, image, tracker))
+        pulling = in_thread(lambda: self._pull(image, tracker))
         reported = (-1, -1)
         while not pulling.done():
             await asyncio.wait({pulling}, timeout=PULL_POLL)
