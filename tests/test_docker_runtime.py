@@ -234,3 +234,19 @@ async def test_an_unreachable_registry_fails_the_pull_with_a_reason(engine, home
 
     with pytest.raises(StartFailed, match="cannot pull image 127.0.0.1:.*connection refused"):
         await runtime.prepare(spec, progress)
+
+
+def test_watch_shows_an_actors_pull_by_quarters_until_it_moves_on():
+    from ember.cli.pulls import Pulls
+
+    pulls = Pulls("job1")
+    report = {"job": "job1", "actor": "a", "state": "pulling", "reason": "pulling r@sha256:1", "bytes_total": 8_000_000}
+    seen = []
+    for done in (0, 1_000_000, 2_100_000, 2_200_000, 8_000_000):
+        pulls.update(report | {"bytes_done": done})
+        seen += pulls.lines()
+    assert seen == ["a: pulling r@sha256:1  0.0 MB/8.0 MB", "a: pulling r@sha256:1  2.1 MB/8.0 MB", "a: pulling r@sha256:1  8.0 MB/8.0 MB"]
+    pulls.update(report | {"job": "job2", "actor": "b", "bytes_done": 1})
+    assert pulls.renderable() is not None and set(pulls.current) == {"a"}
+    pulls.update({"job": "job1", "actor": "a", "state": "starting"})
+    assert pulls.renderable() is None and pulls.lines() == []
