@@ -318,13 +318,17 @@ class DockerRuntime:
             "mem_limit": memory,
             "memswap_limit": memory,
             "volumes": volumes,
-            "detach": True,
         }
 
     def _run(self, image: str, name: str, options: dict[str, Any]) -> tuple[str, int | None]:
-        with contextlib.suppress(docker.errors.NotFound):  # a leftover of an actor that was never forgotten
-            self.client.containers.get(name).remove(force=True)
-        container = self.client.containers.run(image, name=name, **options)
+        try:
+            container = self.client.containers.create(image, name=name, **options)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                raise
+            self._remove(name)  # a leftover of an actor that was never forgotten
+            container = self.client.containers.create(image, name=name, **options)
+        container.start()
         container.reload()
         return container.id or "", container.attrs["State"].get("Pid") or None
 
