@@ -17,6 +17,7 @@ never leaves a half-built artifact that looks ready. Synchronous: the builder ru
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -28,6 +29,7 @@ import sysconfig
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ember.events import Artifact
 from ember.jobspec import JobSpec
@@ -53,11 +55,16 @@ class BuildRun:
 
     cancelled: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    container: Any = field(default=None, repr=False)
+    """The Docker container an image step runs in (docker runtime)."""
 
     def cancel(self) -> None:
         self.cancelled = True
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
+        if self.container is not None:
+            with contextlib.suppress(Exception):
+                self.container.kill()
 
 
 def ember_version() -> str:

@@ -21,6 +21,7 @@ from ember.follower import LogFollower, append_and_publish
 from ember.jobspec import JobSpec
 from ember.log import get_logger
 from ember.builder.artifacts import BuildError, BuildRun, build
+from ember.builder.images import ImageSettings, build_image
 from ember.builder.settings import BuilderSettings
 from ember.projection import TERMINAL_EVENT, Projection
 
@@ -29,7 +30,7 @@ PENDING = (JobState.SUBMITTED, JobState.BUILDING)
 
 
 class Builder:
-    """Turns jobs into venv artifacts; `worker()` is its one build loop."""
+    """Turns jobs into artifacts (venvs, or images for the docker runtime); `worker()` is its one build loop."""
 
     def __init__(self, eventlog: EventLog, bus: Bus, settings: BuilderSettings) -> None:
         self.eventlog = eventlog
@@ -37,6 +38,7 @@ class Builder:
         self.root = settings.artifacts_dir()
         self.pip_args = settings.pip_args()
         self.timeout = settings.builder_timeout
+        self.settings = settings
         self.follower = LogFollower(eventlog, bus, self.reconcile, name="builder", resync_every=settings.builder_resync)
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.queued: set[str] = set()
@@ -58,7 +60,8 @@ class Builder:
     async def reconcile(self, projection: Projection, _new: list[StoredEvent]) -> None:
         for job in list(projection.jobs.values()):
             if job.state == JobState.SUBMITTED:
-                await self.append(fact_id(job.id, "build-started"), job.id, BuildStarted(reason="building a venv artifact"))
+                kind = "an image" if job.spec.get("runtime") == "docker" else "a venv artifact"
+                await self.append(fact_id(job.id, "build-started"), job.id, BuildStarted(reason=f"building {kind}"))
             if job.state in PENDING and job.id not in self.queued:
                 self.queued.add(job.id)
                 self.queue.put_nowait(job.id)
@@ -68,6 +71,17 @@ class Builder:
             if view is not None and view.state.terminal and not run.cancelled:
                 log.info("build.cancelling", job=job_id, state=view.state.value)
                 run.cancel()
+
+    def image_settings(self) -> ImageSettings:
+        settings = self.settings
+        return ImageSettings(
+            registry=settings.resolved_registry(),
+            wheelhouse=settings.wheelhouse_dir(),
+            base_image=settings.base_image,
+            base_recipe=settings.builder_base_recipe,
+            pip_args=tuple(self.pip_args),
+            timeout=self.timeout,
+        )
 
     async def worker(self) -> None:
         """Build queued jobs one at a time, forever."""
@@ -91,10 +105,11 @@ class Builder:
         failure: BuildError | None = None
         try:
             spec = JobSpec.model_validate(view.spec)
-            if spec.runtime != "process":
-                raise BuildError(f"runtime {spec.runtime!r}: this builder makes venv artifacts for the 'process' runtime only")
-            bound.info("build.started", code=spec.code.path or spec.code.git or "(none)")
-            artifact = await asyncio.to_thread(build, spec, view.spec_dir, self.root, run, pip_args=self.pip_args, timeout=self.timeout)
+            bound.info("build.started", code=spec.code.path or spec.code.git or "(none)", runtime=spec.runtime)
+            if spec.runtime == "docker":
+                artifact = await asyncio.to_thread(build_image, spec, view.spec_dir, self.image_settings(), run)
+            else:
+                artifact = await asyncio.to_thread(build, spec, view.spec_dir, self.root, run, pip_args=self.pip_args, timeout=self.timeout)
         except BuildError as exc:
             failure = exc
         except ValidationError as exc:
