@@ -88,7 +88,9 @@ async def test_a_docker_digits_job_runs_in_containers_from_images_pinned_by_dige
         job_id = await submit(bus, docker_spec(rounds=3), DIGITS)
         out = io.StringIO()
         job = await follow_job(bus, job_id, Console(file=out, width=200), timeout=BUILD_TIMEOUT)
-    assert job["state"] == "succeeded", (job["reason"], [a["reason"] for a in job["actors"]])
+    if job["state"] != "succeeded":
+        print(json.dumps(job["actors"], indent=1))  # shown by pytest on failure: each actor's log tail
+    assert job["state"] == "succeeded", job["reason"]
     states = [t["state"] for t in job["transitions"]]
     assert states == ["submitted", "building", "placing", "deploying", "running", "succeeded"], states
     artifact = job["artifact"]
