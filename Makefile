@@ -33,7 +33,7 @@ mosquitto:
 
 # The Docker runtime's tools: the engine, the CNCF registry and debootstrap (for the base image), through
 # apt-get when root, and a running dockerd (started in the background when nothing answers; no systemd
-# here). Without root this only says what is missing: the Docker tests then skip (or fail with CI=true).
+# here). Never fatal: without them the Docker tests skip with the reason (and fail under CI=true).
 DOCKER_PKGS := docker.io docker-registry debootstrap
 docker:
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
@@ -43,9 +43,10 @@ docker:
 	  command -v debootstrap >/dev/null || test -x /usr/sbin/debootstrap || missing="$$missing debootstrap"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing$$missing with apt-get"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	      || echo "warning: apt-get install$$missing failed: the Docker tests will skip" >&2; \
 	  fi; \
-	  deploy/docker/start-dockerd.sh; \
+	  deploy/docker/start-dockerd.sh || echo "warning: no Docker engine: the Docker tests will skip" >&2; \
 	elif ! docker info >/dev/null 2>&1; then \
 	  echo "no Docker engine answers and this is not root: the Docker tests will skip ($(DOCKER_PKGS) needed)" >&2; \
 	fi

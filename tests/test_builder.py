@@ -157,7 +157,7 @@ async def test_service_builds_submitted_jobs_caches_and_fails_clearly(mqtt_broke
         terminal = await eventlog.get(fact_id("broken-1", "terminal"))
         assert terminal.type == "JobFailed" and MISSING in terminal.envelope.data["reason"]
         assert jobs["broken-1"].reason.startswith("build failed: pip install failed")
-        assert unsupported.type == "BuildFailed" and "'process' runtime only" in unsupported.envelope.data["reason"]
+        assert unsupported.type == "BuildFailed" and "set EMBER_REGISTRY" in unsupported.envelope.data["reason"]  # docker, no registry
         assert await eventlog.get(fact_id("cancelled-1", "build-started")) is None  # a cancelled job is left alone
         assert [e.type for e in await eventlog.read(subject="sensor-1")] == ["JobSubmitted", "BuildStarted", "BuildSucceeded"]
 

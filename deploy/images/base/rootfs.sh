@@ -12,4 +12,3 @@ debootstrap --variant=minbase --include=python3 bookworm "$dir" "$mirror"
 rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/cache/apt/*.bin "$dir"/var/lib/apt/lists/* \
   "$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/usr/share/info/* "$dir"/usr/share/locale/* \
   "$dir"/var/log/* "$dir"/tmp/* "$dir"/root/.cache
-find "$dir"/usr/lib/python3* -name '__pycache__' -prune -exec rm -rf {} +

@@ -80,6 +80,21 @@ class Settings(BaseSettings):
         except (OSError, ValueError, KeyError):
             return DEFAULT_MQTT_URL
 
+    @property
+    def registry_file(self) -> Path:
+        return self.home / "registry.json"
+
+    def resolved_registry(self) -> str:
+        """The explicit `EMBER_REGISTRY`, else the registry `ember up --runtime docker` recorded, else ""."""
+        if self.registry:
+            return self.registry
+        try:
+            import json
+
+            return str(json.loads(self.registry_file.read_text())["address"])
+        except (OSError, ValueError, KeyError):
+            return ""
+
     def resolved_eventlog_url(self) -> str:
         return self.eventlog_url or f"sqlite:///{self.home / 'events.sqlite3'}"
 

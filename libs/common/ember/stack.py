@@ -7,7 +7,7 @@ Used by `ember up`, the end-to-end tests, the demo and the benchmarks:
         stack.restart("manager")                  # ... and start it again
     # ordered shutdown: flamelets, then mldata and services, broker last
 
-Process names: `mosquitto`, `manager`, `builder`, `notifier`, `node-1..N` (flamelets, node id
+Process names: `mosquitto`, `registry` (docker runtime), `manager`, `builder`, `notifier`, `node-1..N` (flamelets, node id
 `node-i`) and `mldata-1..N` (the node's mldata). Every line a process prints goes to
 `$EMBER_HOME/logs/<name>.log` and, when `echo` is set, to `echo` prefixed by the name.
 
@@ -62,7 +62,11 @@ class Stack:
     mqtt_port: int = 0
     services: tuple[str, ...] = SERVICES
     """Control-plane services to start (all three by default)."""
+    registry: bool = False
+    """Docker runtime: start a private image registry (`registry`, storage under `home/registry`)
+    unless `EMBER_REGISTRY` names one; the services get its address in `EMBER_REGISTRY`."""
     url: str = field(default="", init=False)
+    registry_address: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser().resolve()
@@ -122,6 +126,8 @@ class Stack:
             self._start_broker()
         self.broker_file.write_text(json.dumps({"url": self.url, "pid": os.getpid()}) + "\n")
         self._owns_state = True
+        if self.registry:
+            self._start_registry()
         env = self._service_env()
         for name in self.services:
             self.sup.add(name, [sys.executable, "-m", f"ember.{name}"], env, group=1)
@@ -189,6 +195,8 @@ class Stack:
             return
         with contextlib.suppress(FileNotFoundError):
             self.broker_file.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.home / "registry.json").unlink()
         for node in self.nodes:
             with contextlib.suppress(FileNotFoundError):
                 self.mldata_file(node).unlink()
@@ -236,6 +244,8 @@ class Stack:
             EMBER_EVENTLOG_URL=settings.resolved_eventlog_url(),
             PYTHONUNBUFFERED="1",
         )
+        if self.registry_address:
+            env["EMBER_REGISTRY"] = self.registry_address
         env.setdefault("EMBER_LOG_FORMAT", "console" if self.color else "json")
         return env
 
@@ -252,6 +262,25 @@ class Stack:
         self.sup.spawn(self.sup.add("mosquitto", [binary, "-c", str(conf)], dict(self._base_env), group=0))
         self._wait_listening("mosquitto", self._broker_port, 30)
         self.url = f"mqtt://127.0.0.1:{self._broker_port}"
+
+    def _start_registry(self) -> None:
+        """The image registry: `EMBER_REGISTRY` when set, else a private `docker-registry` on loopback."""
+        self.registry_address = self._base_env.get("EMBER_REGISTRY", "")
+        if self.registry_address:
+            return
+        from ember.registry import Registry, answers
+
+        registry = Registry(free_port(), self.home / "registry")
+        try:
+            argv = registry.argv()
+        except RuntimeError as exc:  # not installed: say what to install
+            raise StackError(str(exc)) from None
+        self.sup.spawn(self.sup.add("registry", argv, dict(self._base_env), group=0))
+        self._wait_listening("registry", registry.port, 30)
+        if not answers(registry.address, timeout=5):
+            raise StackError(f"the registry on {registry.address} does not answer on /v2/:\n{self.tail('registry')}")
+        self.registry_address = registry.address
+        (self.home / "registry.json").write_text(json.dumps({"address": registry.address, "pid": os.getpid()}) + "\n")
 
     def _add_mldata(self, index: int, node: str, env: dict[str, str]) -> tuple[int, str]:
         port, token = free_port(), secrets.token_urlsafe(24)

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import sysconfig
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,7 +213,7 @@ def _fix_scripts(staging: Path, final: Path) -> None:
             script.write_bytes(script.read_bytes().replace(str(staging).encode(), str(final).encode()))
 
 
-def build(spec: JobSpec, spec_dir: str, root: Path, run: BuildRun, *, pip_args: list[str] = (), timeout: float = 600.0) -> Artifact:
+def build(spec: JobSpec, spec_dir: str, root: Path, run: BuildRun, *, pip_args: Sequence[str] = (), timeout: float = 600.0) -> Artifact:
     """Build (or reuse) the job's artifact under `root`; raises BuildError with an excerpt."""
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"

@@ -2,11 +2,12 @@
 
     ember/rootfs:<sha of rootfs.sh>     layer 1: deploy/images/base/rootfs.sh run into a folder, imported
     ember/base:<tag>                    layer 2: /opt/ember, a venv holding ember-common[actor] (flwr,
-                                        numpy, pyarrow, mlflow-skinny) and pip, installed offline
+                                        numpy, pyarrow, mlflow-skinny) and ember-mldata (the
+                                        learner's data client), installed offline
                                         from a host-resolved wheelhouse mounted read-only
 
 `tag` hashes the rootfs image, the recipe's requirements and the wheelhouse's content (which holds
-the ember-common wheel built from the source tree), so the base is built once per machine and
+the Ember wheels built from the source trees), so the base is built once per machine and
 rebuilt only when one of those changes. A deployment with its own base names it in `EMBER_BASE_IMAGE`:
 any image whose venv /opt/ember holds ember-common[actor] (one built FROM Ember's base, say).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import shlex
 import shutil
 import subprocess
@@ -101,9 +103,9 @@ def rootfs_image(client: Any, recipe: Path, run: BuildRun, log: list[str]) -> An
 
 
 def ember_wheel(source: Path, root: Path, run: BuildRun) -> Path:
-    """The ember-common wheel built from `source`, cached by the source tree's hash."""
-    folder = root / f"ember-common-{tree_hash(source)[:20]}"
-    wheels = sorted(folder.glob("ember_common-*.whl"))
+    """The wheel of the Ember distribution at `source`, cached by the source tree's hash."""
+    folder = root / f"{source.parent.name}-{source.name}-{tree_hash(source)[:20]}"
+    wheels = sorted(folder.glob("ember_*.whl"))
     if wheels:
         return wheels[-1]
     staging = root / f"{STAGING_PREFIX}{folder.name}"
@@ -112,10 +114,20 @@ def ember_wheel(source: Path, root: Path, run: BuildRun) -> Path:
     code, out = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(staging), str(source)], run, timeout=300)
     if code != 0:
         shutil.rmtree(staging, ignore_errors=True)
-        raise wheelhouse.pip_failure("building the ember-common wheel", code, out)
+        raise wheelhouse.pip_failure(f"building the wheel of {source}", code, out)
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
-    return next(folder.glob("ember_common-*.whl"))
+    return next(folder.glob("ember_*.whl"))
+
+
+def actor_sources() -> list[Path]:
+    """The Ember distributions an actor imports: ember-common and ember-mldata (the learner's data client)."""
+    common = common_source()
+    sources = [common, common.parents[1] / "services" / "mldata"]
+    for source in sources:
+        if not (source / "pyproject.toml").is_file():
+            raise BuildError(f"{source} is not an Ember source tree (no pyproject.toml): set EMBER_BASE_IMAGE")
+    return sources
 
 
 def recipe_requirements(recipe: Path) -> list[str]:
@@ -148,16 +160,21 @@ def build_base(client: Any, recipe: Path, wheel_root: Path, run: BuildRun, log: 
     """Ember's base image from `recipe` (built, or found by its tag)."""
     rootfs = rootfs_image(client, recipe, run, log)
     python = rootfs.labels.get(PYTHON_LABEL, "")
-    wheel = ember_wheel(common_source(), wheel_root, run)
+    sources = actor_sources()
+    wheels = [ember_wheel(source, wheel_root, run) for source in sources]
+    ember = [f"/wheels/{wheels[0].name}[actor]", *(f"/wheels/{wheel.name}" for wheel in wheels[1:])]
     extra = recipe_requirements(recipe)
     slim = slim_script(recipe)
-    house = wheelhouse.resolve([f"{wheel}[actor]", "pip", *extra], wheel_root, run, python=python, pip_args=pip_args, timeout=timeout)
-    digest = hashlib.sha256("\0".join([rootfs.id, *extra, slim, house.digest]).encode()).hexdigest()
+    house = wheelhouse.resolve([f"{wheels[0]}[actor]", *map(str, wheels[1:]), "pip", *extra], wheel_root, run, python=python, pip_args=pip_args, timeout=timeout)
+    # Ember by its source trees' hashes (a rebuilt wheel differs in its zip timestamps), the rest by content
+    others = {name: sha for name, sha in house.wheels.items() if not name.startswith("ember_")}
+    parts = [rootfs.id, *extra, slim, *(tree_hash(source) for source in sources), json.dumps(others, sort_keys=True)]
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()
     ref = f"ember/base:{digest[:20]}"
     pins = [pin for pin in house.pins() if not pin.startswith("pip==")]
     found = find_image(client, ref)
     if found is None:
-        command = pip_install(house, [f"/wheels/{wheel.name}[actor]", *extra], slim)
+        command = pip_install(house, [*ember, *extra], slim)
         command[2] = f"python3 -m venv --without-pip {VENV}\n{command[2]}"
         found = run_and_commit(
             client, rootfs.id, command, ref, step="base: installing the actor runtime", wheels=house.path,

@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +76,8 @@ def resolve(
     run: BuildRun,
     *,
     python: str,
-    constraints: list[str] = (),  # type: ignore[assignment]
-    pip_args: list[str] = (),  # type: ignore[assignment]
+    constraints: Sequence[str] = (),
+    pip_args: Sequence[str] = (),
     timeout: float = 900.0,
 ) -> Wheelhouse:
     """Every wheel `requirements` need for CPython `python` ("3.11"), resolved on this host."""
