@@ -8,7 +8,7 @@
 
 1. submit -> all actors running: real stack (3 flamelets, probe job), from sending `jobs.submit` to
    receiving the job's `JobRunning` event; the first (cold build) run is reported apart; goal median <= 1 s.
-   With `--runtime docker` the actors are containers (a private registry is started for the run);
+   With `--runtime docker` the actors are containers (the stack starts a private registry);
    the cold run builds and pulls the image, the measured runs find it on the node; goal median <= 3 s.
 2. manager event append + publish (`ember.follower.append_and_publish`) on SQLite with a real
    Mosquitto, until a subscriber in another process (`mosquitto_sub`) has received every event;
@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import shutil
 import statistics
 import sys
@@ -106,14 +104,8 @@ async def _submit_runs(url: str, runs: int, runtime: str = "process") -> dict[st
 
 
 def bench_submit(runs: int, runtime: str = "process") -> dict[str, Any]:
-    with contextlib.ExitStack() as resources:
-        env = dict(os.environ)
-        if runtime == "docker":
-            from ember.registry import private_registry
-
-            env["EMBER_REGISTRY"] = resources.enter_context(private_registry()).address
-        home = resources.enter_context(tempfile.TemporaryDirectory(prefix="ember-bench-"))
-        stack = resources.enter_context(Stack(Path(home), flamelets=3, mldata=False, env=env))
+    with tempfile.TemporaryDirectory(prefix="ember-bench-") as home, \
+            Stack(Path(home), flamelets=3, mldata=False, registry=runtime == "docker") as stack:
         return asyncio.run(_submit_runs(stack.url, runs, runtime))
 
 

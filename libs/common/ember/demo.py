@@ -11,7 +11,7 @@
    registered model version.
 
 With `--runtime docker` (`make demo-docker`) the same job runs in containers: the builder builds
-its image and pushes it to a private registry started for the demo (or the one `EMBER_REGISTRY`
+its image and pushes it to a private registry the stack starts (or the one `EMBER_REGISTRY`
 names), and the flamelets pull it by digest and run every actor as a container.
 
 Exit status: 0 when the job succeeded, 1 when it failed (or the demo itself failed), 130 on
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib.util
 import json
 import os
@@ -177,17 +176,6 @@ async def run_job(url: str, spec: dict[str, Any], spec_dir: Path, console: Conso
 
 
 def demo(args: argparse.Namespace, console: Console) -> int:
-    with contextlib.ExitStack() as resources:
-        env = dict(os.environ)
-        if args.runtime == "docker" and not env.get("EMBER_REGISTRY"):
-            from ember.registry import private_registry
-
-            env["EMBER_REGISTRY"] = resources.enter_context(private_registry()).address
-            console.print(f"image registry on {env['EMBER_REGISTRY']}")
-        return run_demo(args, console, env)
-
-
-def run_demo(args: argparse.Namespace, console: Console, env: dict[str, str]) -> int:
     from ember.jobspec import load_spec_file
     from ember.settings import Settings
     from ember.stack import Stack
@@ -200,7 +188,7 @@ def run_demo(args: argparse.Namespace, console: Console, env: dict[str, str]) ->
     tag = (spec.get("data") or {}).get("tags", [TAG])[0]
     console.rule("[bold]Ember demo")
     console.print(f"home {home}; starting the local stack (Mosquitto, control plane, 3 flamelets + mldata), runtime {args.runtime}…")
-    with Stack(home, flamelets=3, env=env, echo=sys.stderr if args.verbose else None) as stack:
+    with Stack(home, flamelets=3, registry=args.runtime == "docker", echo=sys.stderr if args.verbose else None) as stack:
         console.print(f"stack ready on {stack.url} ({time.monotonic() - started:.1f}s)")
         console.print(f"mock devices: {args.devices} machines a node, {args.seconds} s of readings each")
         asyncio.run(feed_nodes(stack, tag, args.devices, args.seconds, console))
