@@ -109,6 +109,10 @@ def main() -> None:
         model.write_text(model.read_text() + "\n# a one-line change\n")
         changed = timed("code_only_rebuild_s")
         assert not changed.cached and changed.image != cold.image
+        for image in client.images.list():  # tags naming the benchmark's registries die with them
+            for name in image.tags:
+                if name.startswith((f"{registry.address}/", f"{scratch.address}/")):
+                    client.images.remove(name)
     print(json.dumps(results, indent=1))
 
 

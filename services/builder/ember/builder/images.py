@@ -22,6 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker.errors
+
 from ember.builder import wheelhouse
 from ember.builder.artifacts import IGNORED, BuildError, BuildRun, ember_version, fetch_code, requirement_lines
 from ember.builder.base_image import VENV, BaseImage, build_base, default_recipe, external_base, pip_install, slim_script
@@ -125,6 +127,9 @@ def build_image(spec: JobSpec, spec_dir: str, settings: ImageSettings, run: Buil
         if not exc.log_tail and log:
             exc.log_tail = "\n".join(log[-40:])
         raise
+    except docker.errors.DockerException as exc:  # the engine refused a step: say which one
+        step = next((line for line in reversed(log) if line.startswith("step ")), "step (before the first)")
+        raise BuildError(f"the Docker engine failed the build at {step.split(':')[0]}: {exc}", "\n".join(log[-40:])) from None
     finally:
         client.close()
 
