@@ -43,6 +43,10 @@ def registry(docker_client: Any) -> Iterator[Registry]:
         unavailable(str(exc))
     with private_registry() as running:
         yield running
+    for image in docker_client.images.list():  # the tags naming this registry die with it
+        for tag in image.tags:
+            if tag.startswith(f"{running.address}/"):
+                docker_client.images.remove(tag)
 
 
 @pytest.fixture(scope="module")
