@@ -106,7 +106,22 @@ async def _submit_runs(url: str, runs: int, runtime: str = "process") -> dict[st
 def bench_submit(runs: int, runtime: str = "process") -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ember-bench-") as home, \
             Stack(Path(home), flamelets=3, mldata=False, registry=runtime == "docker") as stack:
-        return asyncio.run(_submit_runs(stack.url, runs, runtime))
+        try:
+            return asyncio.run(_submit_runs(stack.url, runs, runtime))
+        finally:
+            if stack.registry_address:
+                untag(stack.registry_address)
+
+
+def untag(registry: str) -> None:
+    """Remove the engine's tags that name `registry` (they die with it)."""
+    import docker
+
+    client = docker.from_env()
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(f"{registry}/"):
+                client.images.remove(tag)
 
 
 # --- 2. event append + publish throughput ---------------------------------------------------------
