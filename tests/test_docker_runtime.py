@@ -250,3 +250,12 @@ def test_watch_shows_an_actors_pull_by_quarters_until_it_moves_on():
     assert pulls.renderable() is not None and set(pulls.current) == {"a"}
     pulls.update({"job": "job1", "actor": "a", "state": "starting"})
     assert pulls.renderable() is None and pulls.lines() == []
+
+
+def test_a_node_announces_docker_only_when_an_engine_answers(tmp_path, monkeypatch):
+    from ember.flamelet.node import node_runtimes
+    from ember.flamelet.settings import FlameletSettings
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-engine.sock'}")
+    settings = FlameletSettings.from_env({}, home=str(tmp_path), node_id="n1")
+    assert node_runtimes(settings).names == ["process"]
