@@ -31,8 +31,9 @@ from test_flamelet import Observer, flamelet_settings
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[1]
 PROBE_SOURCES = [REPO / "libs/common/ember/actors/__init__.py", REPO / "libs/common/ember/actors/probe.py"]
-PYTHON_IMAGE = os.environ.get("EMBER_TEST_PYTHON_IMAGE", "ember-dev-python:bookworm")
-"""Any image with `python3` on its PATH."""
+PYTHON_IMAGE = os.environ.get("EMBER_TEST_PYTHON_IMAGE", "")
+"""Any image with `python3` on its PATH; default: the base recipe's root file system (Debian minbase
+with python3, `ember.builder.base_image.rootfs_image`, built once per engine)."""
 
 
 @pytest.fixture
@@ -45,11 +46,16 @@ def probe_image(docker_client) -> str:
     """`ember-test-probe:<hash>`: the Python image plus the probe actor's source on PYTHONPATH."""
     import docker
 
+    from ember.builder.artifacts import BuildError, BuildRun
+    from ember.builder.base_image import default_recipe, rootfs_image
+
     engine = docker_client
     try:
-        base = engine.images.get(PYTHON_IMAGE)
+        base = engine.images.get(PYTHON_IMAGE) if PYTHON_IMAGE else rootfs_image(engine, default_recipe(), BuildRun(), [])
     except docker.errors.ImageNotFound:
-        unavailable(f"the Python image {PYTHON_IMAGE} is not on this engine (set EMBER_TEST_PYTHON_IMAGE)")
+        unavailable(f"the Python image {PYTHON_IMAGE} is not on this engine (EMBER_TEST_PYTHON_IMAGE)")
+    except BuildError as exc:
+        unavailable(f"no Python image to build the probe image from: {exc.reason}")
     digest = hashlib.sha256((base.id or "").encode())
     for path in PROBE_SOURCES:
         digest.update(path.read_bytes())
@@ -61,7 +67,7 @@ def probe_image(docker_client) -> str:
         pass
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        dockerfile = f"FROM {PYTHON_IMAGE}\nCOPY ember /opt/ember/ember\nENV PYTHONPATH=/opt/ember\n".encode()
+        dockerfile = f"FROM {base.id}\nCOPY ember /opt/ember-probe/ember\nENV PYTHONPATH=/opt/ember-probe\n".encode()
         info = tarfile.TarInfo("Dockerfile")
         info.size = len(dockerfile)
         tar.addfile(info, io.BytesIO(dockerfile))
