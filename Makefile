@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test check demo bench clean mosquitto docker chromium
+.PHONY: install test check demo demo-docker bench clean mosquitto docker chromium
 
 install: $(STAMP) mosquitto docker chromium
 
@@ -72,6 +72,10 @@ check: install
 
 demo: install
 	$(PY) -m ember.demo
+
+# The same job with every actor in a container (the builder's image, pulled by digest from a private registry).
+demo-docker: install
+	$(PY) -m ember.demo --runtime docker --home .ember-demo-docker --timeout 900
 
 bench: install
 	$(PY) -m bench.run_all

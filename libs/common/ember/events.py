@@ -306,6 +306,9 @@ class ActorReport(_Model):
     reason: str = ""
     log_tail: str = ""
     pid: int | None = None
+    bytes_done: int | None = None
+    """While `pulling`: bytes of the image fetched so far (of `bytes_total` known so far)."""
+    bytes_total: int | None = None
 
 
 class ActorLogLines(_Model):
