@@ -145,6 +145,14 @@ class RoundCompleted(Event):
     failed: list[str] = Field(default_factory=list)
 
 
+class CheckpointSaved(Event):
+    """The aggregator stored the checkpoint of `round` (sha256 `digest`): a new aggregator of the
+    job resumes from the newest one it can read."""
+
+    round: int
+    digest: str
+
+
 class JobResult(_Model):
     """What the aggregator publishes on `jobs/{job}/progress` once training succeeded: the final
     metrics, the MLflow run and the registered model version (empty when not tracked). A topic

@@ -104,6 +104,10 @@ class TrainingSpec(_Spec):
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
     round_timeout: float = Field(120.0, gt=0)
     seed: int = 0
+    checkpoints: int = Field(3, ge=0, le=1000)
+    """Checkpoints kept per job (one per round, the newest; 0: none, and no resume)."""
+    max_recoveries: int = Field(3, ge=0, le=100)
+    """How often a job may resume after losing its aggregator before it fails."""
 
     @field_validator("strategy")
     @classmethod

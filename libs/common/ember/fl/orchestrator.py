@@ -9,6 +9,9 @@
    publishes `RoundCompleted` on `jobs/{job}/progress` and logs the round to MLflow
    (batched: at most one write every `MLFLOW_INTERVAL_S`); fails `only N learners left,
    minimum M` when too few learners remain;
+   ModelManager jobs also checkpoint every round (`ember.fl.checkpoint`, in the background,
+   the newest `training.checkpoints` kept) and publish `CheckpointSaved` once one is stored;
+   an aggregator that finds a checkpoint of its job resumes after it, in the job's MLflow run;
 4. logs and registers the final model, publishes `JobResult` (metrics, MLflow run id, model
    version) on `jobs/{job}/progress`, and sends `done` to every learner.
 """
@@ -26,8 +29,9 @@ from typing import Any
 from ember import topics
 from ember.bus import Bus
 from ember.errors import EmberError
-from ember.events import JobResult, RoundCompleted, fact_id
+from ember.events import CheckpointSaved, JobResult, RoundCompleted, fact_id
 from ember.fl import flwr_compat as compat
+from ember.fl.checkpoint import Checkpoint, CheckpointStore, CheckpointWriter, LocalStore, MlflowStore, latest
 from ember.fl.clientapp import base_config, new_manager
 from ember.fl.grid import MqttGrid, TooFewLearners
 from ember.fl.rounds import RoundStats
@@ -75,10 +79,14 @@ class Orchestrator:
         learners: list[str],
         code_dir: str | Path | None = None,
         tracking_uri: str | None = None,
+        checkpoint_dir: str | Path | None = None,
     ) -> None:
         self.bus, self.spec, self.job, self.actor = bus, spec, job, actor
         self.code_dir = code_dir
         self.tracking_uri = tracking_uri
+        self.checkpoint_dir = checkpoint_dir
+        self.resumed_from: Checkpoint | None = None
+        self._checkpoints: CheckpointWriter | None = None
         self.log = get_logger("ember.fl.orchestrator", job=job, actor=actor)
         self.grid = MqttGrid(bus, job=job, learners=learners, minimum=spec.learners.minimum, run_id=run_id_for(job))
         self.result = TrainingResult(ok=False)
@@ -99,6 +107,7 @@ class Orchestrator:
             if self.tracking_uri:
                 self._tracker = Tracker(self.tracking_uri, self.spec, self.job)
                 self.result.mlflow_run_id = await asyncio.to_thread(self._tracker.start)
+            await asyncio.to_thread(self._open_checkpoints)
             live = await self.grid.wait_ready(self.spec.training.round_timeout)
             self.log.info("aggregator.start", learners=live, rounds=self.spec.training.rounds, strategy=self.spec.training.strategy)
             await asyncio.to_thread(self._train)
@@ -110,6 +119,8 @@ class Orchestrator:
             self.log.exception("aggregator.crashed")
             self.result.reason = f"aggregator failed: {type(exc).__name__}: {exc}"[:1000]
         finally:
+            if self._checkpoints is not None:
+                await asyncio.to_thread(self._checkpoints.close, 60)
             await asyncio.to_thread(self._drain, quiet=True)
             self._reporter.shutdown(wait=False)
             if self._tracker is not None:
@@ -120,6 +131,42 @@ class Orchestrator:
     def stop(self, reason: str) -> None:
         """Stop training (on the loop, e.g. on SIGTERM): the strategy's next grid call fails."""
         self.grid.close(reason)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def _checkpoint_store(self) -> CheckpointStore | None:
+        """The job's MLflow run when tracked, else `checkpoint_dir`; None: no checkpoints."""
+        if self.spec.training.checkpoints == 0 or self.spec.code.serverapp:
+            return None
+        if self._tracker is not None and self._tracker.run_id:
+            return MlflowStore(self._tracker.uri, self._tracker.run_id)
+        if self.checkpoint_dir is not None:
+            return LocalStore(self.checkpoint_dir)
+        return None
+
+    def _open_checkpoints(self) -> None:
+        """Find the checkpoint to resume from and start the writer (blocking: MLflow, disk)."""
+        store = self._checkpoint_store()
+        if store is None:
+            return
+        found = latest(store)
+        if found is not None:
+            self.resumed_from = found[0]
+            self.log.info("aggregator.resume", round=found[0].round, digest=found[1])
+            self.result.rounds = []
+            if found[0].history:
+                self.result.metrics = dict(found[0].history[-1].get("metrics", {}))
+            if self._tracker is not None:
+                self._tracker.log_history(found[0].history)
+        self._checkpoints = CheckpointWriter(store, keep=self.spec.training.checkpoints, on_saved=self._checkpoint_saved)
+
+    def _checkpoint_saved(self, number: int, digest: str) -> None:
+        """In the writer's thread: publish `CheckpointSaved` (best effort; the store holds it)."""
+        envelope = CheckpointSaved(round=number, digest=digest).envelope(
+            self.job, source=self.actor, event_id=fact_id(self.job, "checkpoint", number, digest[:16])
+        )
+        assert self._loop is not None
+        topic = topics.JOB_PROGRESS.format(self.bus.root, job=self.job)
+        self._reports.append(asyncio.run_coroutine_threadsafe(self.bus.publish(topic, envelope), self._loop))
 
     # --- in the worker thread -----------------------------------------------------------------
     def _train(self) -> None:
@@ -133,7 +180,10 @@ class Orchestrator:
         manager.build(base_config(self.spec, node=self.actor))
         self.grid.on_round_start = lambda _number: self._report_finished()
         try:
-            run_model_manager(self.grid, manager, self.spec, self._round_done)
+            writer = self._checkpoints
+            run_model_manager(
+                self.grid, manager, self.spec, self._round_done, resume=self.resumed_from, on_checkpoint=writer.submit if writer else None
+            )
         except BaseException:
             self._report_finished(check=False)  # the rounds that did finish still count
             raise
@@ -150,12 +200,14 @@ class Orchestrator:
                 if stats is not None:
                     self._report(stats)
 
-    def _round_done(self, number: int, metrics: dict[str, float]) -> None:
+    def _round_done(self, number: int, metrics: dict[str, float]) -> dict[str, Any] | None:
         """ModelManager jobs: the round is over; it is reported once the next round's messages are
         on their way (or at the end), so reporting overlaps the learners' work."""
         stats = self.grid.book.finish(number, metrics)
-        if stats is not None:
-            self._finished.append(stats)
+        if stats is None:
+            return None
+        self._finished.append(stats)
+        return stats.event_data()
 
     def _report_finished(self, *, check: bool = True) -> None:
         finished, self._finished = self._finished, []
