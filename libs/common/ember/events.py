@@ -24,6 +24,7 @@ class JobState(StrEnum):
     PLACING = "placing"
     DEPLOYING = "deploying"
     RUNNING = "running"
+    RECOVERING = "recovering"  # the aggregator is being re-placed; it resumes from its checkpoint
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -135,6 +136,16 @@ class ActorStateChanged(Event):
 
 class JobRunning(Event):
     reason: str = "all actors running"
+
+
+class JobRecovering(Event):
+    """The aggregator of placement `generation` failed abnormally or was lost: the job's
+    `attempt`-th recovery re-places it (generation + 1) and the new one resumes from the
+    latest checkpoint."""
+
+    generation: int
+    attempt: int
+    reason: str
 
 
 class RoundCompleted(Event):
