@@ -255,11 +255,12 @@ async def submit_and_wait(url: str, spec: dict[str, Any], spec_dir: Path, timeou
     """Submit a spec to the manager and wait (quietly) until the job ends; its summary."""
     from rich.console import Console
 
+    from ember.bundle_bus import submit_job
     from ember.bus import Bus
     from ember.cli.watch import follow_job
 
     async with Bus(url, source="bench") as bus:
-        reply = await bus.request("jobs.submit", {"spec": spec, "spec_dir": str(spec_dir)}, timeout=30)
+        reply = await submit_job(bus, spec, spec_dir)
         return await follow_job(bus, reply["job"], Console(file=io.StringIO()), timeout=timeout)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import threading
 from pathlib import Path
@@ -72,6 +73,16 @@ def test_job_file_errors_exit_before_any_request(cli, tmp_path: Path) -> None:
     bad.write_text("name: [unclosed\n")
     result = cli("job", "submit", str(bad))
     assert result.exit_code == 2 and "(file)" in result.stderr
+
+
+def test_a_code_folder_past_the_bundle_limit_names_its_biggest_files(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "model.py").write_text("class M: ...\n")
+    (tmp_path / "readings.parquet").write_bytes(os.urandom(10_000))
+    (tmp_path / "job.yaml").write_text("name: big\ncode: {path: ., entrypoint: 'model:M'}\n")
+    monkeypatch.setenv("EMBER_BUNDLE_MAX_BYTES", "4096")
+    result = cli("job", "submit", str(tmp_path / "job.yaml"))  # refused before any broker is needed
+    assert result.exit_code == 2, result.output
+    assert "readings.parquet" in result.stderr and ".emberignore" in result.stderr
 
 
 def test_commands_find_the_broker_recorded_by_ember_up(cli, mqtt_broker, ember_home: Path) -> None:

@@ -26,6 +26,8 @@ from ember.actions import JOBS_LIST, JOBS_SUBMIT, JobListItem, NoArguments, Subm
 from ember.envelope import Envelope
 from ember.events import JobState
 from ember.asyncapi import build_document
+from ember.bundle import pack
+from ember.bundle_bus import clear_bundle, fetch_bundle, publish_bundle
 from ember.bus import Bus, Message
 from ember.errors import RequestTimeout
 from ember.security.acl import MUTATING_ACTIONS, READ_ONLY_ACTIONS, Policy, Rule, examples, markdown
@@ -185,6 +187,20 @@ async def test_a_viewer_cannot_submit_or_cancel_but_may_read(broker: SecuredBrok
         await assert_dropped(broker, "bob", "alice", "manager", topics.REQUEST, action=action)
     # the same viewer's read-only request does reach the manager (the bob -> manager path works)
     await assert_dropped(broker, "node-1", "bob", "manager", topics.REQUEST, action=READ_ONLY_ACTIONS[0])
+
+
+async def test_only_operators_and_the_builder_publish_code_bundles_and_nodes_fetch_them(broker: SecuredBroker, tmp_path: Path) -> None:
+    digest = "sha256:" + "ab" * 32
+    for attacker in ("bob", "node-1", "notifier"):
+        await assert_dropped(broker, attacker, "alice", "builder", topics.BUNDLE, digest=digest)
+    (tmp_path / "model.py").write_text("class M: ...\n")
+    bundle = pack(tmp_path)
+    async with broker.bus("alice") as alice:
+        await publish_bundle(alice, bundle)
+    data = await fetch_bundle(broker.url, ROOT, bundle.digest, security=broker.security("node-1"))
+    assert data == bundle.data
+    async with broker.bus("builder") as builder:
+        await clear_bundle(builder, bundle.digest)
 
 
 async def test_requests_and_replies_work_under_the_acl(broker: SecuredBroker) -> None:

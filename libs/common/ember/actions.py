@@ -38,7 +38,8 @@ class Payload(BaseModel):
 
 
 class SubmitJob(Payload):
-    """`req/jobs.submit`: the job spec (YAML as JSON) and the folder its relative paths start from."""
+    """`req/jobs.submit`: the job spec (YAML as JSON), its code as `code.bundle` (published first
+    on `bundles/{digest}`) or `code.git`. `spec_dir` is accepted from older clients and not used."""
 
     spec: dict[str, Any]
     spec_dir: str = Field(default="", max_length=4096)

@@ -47,6 +47,7 @@ PAYLOADS: dict[topics.TopicTemplate, list[type[BaseModel]]] = {
     topics.ACTOR_STATE: [events.ActorReport],
     topics.ACTOR_LOG: [events.ActorLogLines],
     topics.JOB_PROGRESS: [events.RoundCompleted, events.CheckpointSaved, events.JobResult],
+    topics.JOB_PLACEMENT: [events.JobPlacement],
     topics.DATA: [SensorReadings],
 }
 
@@ -61,10 +62,12 @@ ROLES: dict[topics.TopicTemplate, tuple[str, str]] = {
     topics.ACTOR_STATE: ("flamelet (retained)", "manager"),
     topics.ACTOR_LOG: ("flamelet", "ember CLI (job logs --follow)"),
     topics.JOB_PROGRESS: ("aggregator actor", "manager"),
+    topics.JOB_PLACEMENT: ("notifier (retained)", "the job's actors"),
     topics.FL_DOWN: ("aggregator actor", "learner actor"),
     topics.FL_CAST: ("aggregator actor", "every learner actor of the job"),
     topics.FL_UP: ("learner actor", "aggregator actor"),
     topics.DATA: ("edge devices", "mldata"),
+    topics.BUNDLE: ("ember CLI before jobs.submit, builder for git sources (retained; cleared by the builder)", "builder, process-runtime flamelets"),
 }
 
 PARAM_DOC = {
@@ -76,6 +79,7 @@ PARAM_DOC = {
     "actor": "actor id",
     "job": "job id, `{name}-{8 hex}`",
     "tag": "data tag",
+    "digest": "code bundle digest, `sha256:<64 hex>`",
 }
 
 

@@ -92,13 +92,17 @@ class BuildStarted(Event):
 
 
 class Artifact(_Model):
-    kind: str = "venv"  # venv | image
+    kind: str = "venv"  # bundle | venv | image
     key: str
     """Content hash of code + requirements."""
     python: str = ""
     code_dir: str = ""
     image: str = ""
     cached: bool = False
+    bundle: str = ""
+    """`bundle`: digest of the code bundle a node fetches from `bundles/{digest}` (ember.bundle_bus)."""
+    requirements: list[str] = Field(default_factory=list)
+    """`bundle`: what a node installs next to the code (in a venv it caches by their hash)."""
 
 
 class BuildSucceeded(Event):
@@ -270,6 +274,16 @@ class DesiredState(_Model):
     revision: int
     """Monotonic (the event-log sequence the state was computed from); older revisions are ignored."""
     actors: list[ActorSpec] = Field(default_factory=list)
+
+
+class JobPlacement(_Model):
+    """Published (retained) by the notifier on `jobs/{job}/placement`: the actors of the job's current
+    generation and their nodes (none once the job ended). An actor not listed is fenced."""
+
+    job: str
+    generation: int
+    actors: list[Placement] = Field(default_factory=list)
+    ended: bool = False
 
 
 class ActorReport(_Model):

@@ -127,6 +127,16 @@ class JobView:
         }
 
 
+def fence(job: JobView, placed: ActorsPlaced) -> None:
+    """The actors a re-placement left out are fenced: their generation is over, so one that had not
+    ended is `lost` for good (later reports of it change nothing, see `ActorStateChanged` below)."""
+    kept = {p.actor for p in placed.actors}
+    for actor in job.actors.values():
+        if actor.actor not in kept and actor.generation < placed.generation and not actor.state.terminal:
+            actor.state = ActorState.LOST
+            actor.reason = f"fenced: re-placed in generation {placed.generation} ({placed.reason or 'its node was lost'})"
+
+
 @dataclass
 class NodeView:
     node: str
@@ -202,6 +212,7 @@ class Projection:
                 if kept is not None and kept.node == p.node:  # a survivor of a re-placement keeps its state
                     view.state, view.exit_code, view.reason, view.log_tail = kept.state, kept.exit_code, kept.reason, kept.log_tail
                 job.actors[p.actor] = view
+            fence(job, event)
             reason = event.reason or f"{len(event.actors)} actors placed"
             # A recovering job stays `recovering` until its new aggregator runs (JobRunning).
             return self._move(job, S.DEPLOYING, reason, stored, (S.PLACING, S.RUNNING, S.DEPLOYING))

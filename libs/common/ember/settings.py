@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     log_format: str = "auto"
     """`json`, `console` or `auto` (console on a TTY, JSON lines otherwise)."""
     log_level: str = "info"
+    bundle_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    """Largest code bundle `ember job submit` sends (packed bytes; docs/control-plane.md)."""
+    bundle_fetch_timeout: float = Field(default=30.0, gt=0)
+    """Seconds the builder or a flamelet waits for a job's retained code bundle."""
     keepalive: int = 5
     """MQTT keepalive in seconds; a dead flamelet is seen offline within 1.5x this."""
 

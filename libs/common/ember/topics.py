@@ -76,9 +76,11 @@ NODE_DESIRED = TopicTemplate("nodes/{node}/desired", "retained desired state of 
 ACTOR_STATE = TopicTemplate("nodes/{node}/actors/{actor}/state", "retained actor state reported by its flamelet")
 ACTOR_LOG = TopicTemplate("nodes/{node}/actors/{actor}/log", "tail of an actor's log")
 JOB_PROGRESS = TopicTemplate("jobs/{job}/progress", "training progress (RoundCompleted) from the aggregator")
+JOB_PLACEMENT = TopicTemplate("jobs/{job}/placement", "retained current placement of a job's actors, from the notifier: actors left out are fenced")
 FL_DOWN = TopicTemplate("jobs/{job}/fl/{actor}/down", "Flower messages aggregator -> learner")
 FL_CAST = TopicTemplate("jobs/{job}/fl/cast", "Flower messages aggregator -> every learner: one shared content, each learner's own metadata")
 FL_UP = TopicTemplate("jobs/{job}/fl/{actor}/up", "Flower messages learner -> aggregator")
 DATA = TopicTemplate("data/{tag}", "sensor readings from edge devices")
+BUNDLE = TopicTemplate("bundles/{digest}", "retained code bundle (gzip tar) named by its `sha256:<hex>` digest; cleared when no live job uses it")
 
-ALL = (REQUEST, REPLY, EVENT, NODE_INFO, NODE_STATUS, NODE_DESIRED, ACTOR_STATE, ACTOR_LOG, JOB_PROGRESS, FL_DOWN, FL_CAST, FL_UP, DATA)
+ALL = (REQUEST, REPLY, EVENT, NODE_INFO, NODE_STATUS, NODE_DESIRED, ACTOR_STATE, ACTOR_LOG, JOB_PROGRESS, JOB_PLACEMENT, FL_DOWN, FL_CAST, FL_UP, DATA, BUNDLE)

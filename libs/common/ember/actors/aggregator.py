@@ -8,10 +8,13 @@ PYTHONPATH holds the user's code folder.
 It runs the job's Flower strategy (or the user's ServerApp) over MQTT (`ember.fl.orchestrator`),
 publishes `RoundCompleted` after every round and `JobResult` at the end on `jobs/{job}/progress`.
 
+It follows its job's placement (`ember.fl.fence`): learners re-placed after a node loss join the
+run, fenced ones are dropped, and once it is itself no longer placed it stops.
+
 Exit codes: 0 success, after printing one stdout line `EMBER_RESULT {"metrics": ...,
 "mlflow_run_id": ..., "model_version": ...}`; 1 the job failed (the last log line,
 `aggregator.failed`, holds the reason, e.g. `only 1 learners left, minimum 2`); 2 bad
-configuration; 143 stopped by SIGTERM.
+configuration; 3 fenced (its generation is over); 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from collections.abc import Sequence
 
 from ember.log import configure, get_logger
 
-EXIT_FAILED, EXIT_CONFIG, EXIT_SIGTERM = 1, 2, 128 + signal.SIGTERM
+EXIT_FAILED, EXIT_CONFIG, EXIT_FENCED, EXIT_SIGTERM = 1, 2, 3, 128 + signal.SIGTERM
 
 
 async def run(settings: object) -> int:
     """Run one aggregator with `ActorSettings`; returns the process exit code."""
     from ember.bus import Bus
+    from ember.fl.fence import PlacementWatch
     from ember.fl.orchestrator import Orchestrator
     from ember.fl.endpoint import SESSION_EXPIRY
     from ember.fl.settings import ActorSettings
@@ -63,6 +67,7 @@ async def run(settings: object) -> int:
         tracking_uri=settings.tracking_uri(),
         checkpoint_dir=settings.checkpoint_folder(),
     )
+    PlacementWatch(bus, job=settings.job_id, actor=actor, generation=settings.generation, on_fenced=aggregator.fence, on_roster=aggregator.follow)
     stopped = False
 
     def on_sigterm() -> None:
@@ -77,6 +82,9 @@ async def run(settings: object) -> int:
         print("EMBER_RESULT " + json.dumps(result.data(), sort_keys=True), flush=True)
         log.info("aggregator.succeeded", rounds=len(result.rounds), **result.data())
         return 0
+    if aggregator.fenced:
+        log.warning("aggregator.fenced", reason=aggregator.fenced, rounds=len(result.rounds))
+        return EXIT_FENCED
     log.error("aggregator.failed", reason=result.reason)
     return EXIT_SIGTERM if stopped else EXIT_FAILED
 

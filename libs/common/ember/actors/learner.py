@@ -9,8 +9,13 @@ preprocesses the ModelManager once (or loads the user's Flower ClientApp, with
 `context.node_config` = `partition-id` / `num-partitions`), announces `ready`, answers every
 Flower message from the aggregator, and exits 0 when the aggregator says `done`.
 
+It watches its job's placement (`ember.fl.fence`): once it is no longer placed (its node was
+declared lost and the learner re-placed elsewhere, or the job ended) it stops itself,
+whether or not its flamelet is still there to stop it.
+
 Exit codes: 0 done; 1 could not prepare (data, code) — the reason is the last log line and is
-sent to the aggregator; 2 bad configuration; 143 stopped by SIGTERM.
+sent to the aggregator; 2 bad configuration; 3 fenced (its generation is over); 143 stopped by
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Sequence
 
 from ember.log import configure, get_logger
 
-EXIT_FAILED, EXIT_CONFIG, EXIT_SIGTERM = 1, 2, 128 + signal.SIGTERM
+EXIT_FAILED, EXIT_CONFIG, EXIT_FENCED, EXIT_SIGTERM = 1, 2, 3, 128 + signal.SIGTERM
 
 
 def _loader(settings: object, tags: list[str]) -> object:
@@ -40,6 +45,7 @@ async def run(settings: object) -> int:
     from ember.fl.clientapp import prepare_client
     from ember.fl.grid import node_id_for
     from ember.fl.endpoint import learner_bus
+    from ember.fl.fence import PlacementWatch
     from ember.fl.settings import ActorSettings
 
     assert isinstance(settings, ActorSettings)
@@ -65,6 +71,7 @@ async def run(settings: object) -> int:
         code_dir=code_dir or None,
     )
     bus, endpoint = learner_bus(settings.resolved_mqtt_url(), root=settings.topic_root, job=job, actor=actor, keepalive=settings.keepalive)
+    watch = PlacementWatch(bus, job=settings.job_id, actor=actor, generation=settings.generation, on_fenced=endpoint.stop)
     stopped = False
 
     def on_sigterm() -> None:
@@ -83,6 +90,9 @@ async def run(settings: object) -> int:
     if stopped:
         log.info("learner.stopped", reason="SIGTERM", handled=endpoint.handled)
         return EXIT_SIGTERM
+    if watch.fenced:
+        log.warning("learner.fenced", reason=watch.fenced, handled=endpoint.handled)
+        return EXIT_FENCED
     log.info("learner.exited", handled=endpoint.handled, aggregator_ok=endpoint.done_ok)
     return 0
 

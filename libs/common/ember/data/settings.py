@@ -15,6 +15,27 @@ from ember.errors import Unavailable
 from ember.settings import Settings
 
 TOKEN_FILE = "_token"
+URL_FILE = "_url"
+"""Written by the node's mldata into its data dir: the URL its learners reach it at. The node's
+flamelet, on the same host, announces it in the node's info (`NodeInfo.mldata_url`)."""
+
+
+def write_url(data_dir: Path, url: str) -> None:
+    """Record mldata's URL in `data_dir` (atomically)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / f"{URL_FILE}.tmp"
+    tmp.write_text(url + "\n")
+    os.replace(tmp, data_dir / URL_FILE)
+
+
+def read_url(data_dir: Path | None) -> str:
+    """The URL the node's mldata recorded in `data_dir`; "" when there is none."""
+    if data_dir is None:
+        return ""
+    try:
+        return (data_dir / URL_FILE).read_text().strip()
+    except OSError:
+        return ""
 
 
 class DataSettings(Settings):

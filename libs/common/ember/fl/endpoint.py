@@ -111,7 +111,8 @@ class LearnerEndpoint:
             self.log.exception("learner.prepare_failed")
             await self.fail(f"{type(exc).__name__}: {exc}")
             raise
-        await self.announce(app, context)
+        if not self.done.is_set():  # stopped (SIGTERM, fenced) while preparing: never say ready
+            await self.announce(app, context)
         return await self.serve()
 
     async def serve(self) -> bool | None:

@@ -18,6 +18,11 @@ are decoded on the loop as they arrive, large ones in the thread.
   SuperLink would give; messages not answered within the timeout get no reply.
 - Once `arm()`ed (after round 1 can start), `get_node_ids` and waits raise `TooFewLearners`
   as soon as fewer than `minimum` learners are live: the job stops instead of hanging.
+- The learners are a roster that `update_roster` changes while the job runs (the aggregator
+  follows its own placement, `ember.fl.fence`): a learner left out is *fenced* (gone for good;
+  its frames are dropped, so it never contributes again), a learner added (re-placed after a
+  node loss) is pinged and joins as soon as it is ready. A joining learner counts towards the
+  minimum until `join_timeout` has passed, so a re-placement does not fail the job meanwhile.
 - `get_node_ids` never shrinks between two pushes: a learner that goes is dropped from it at
   the next push (its messages meanwhile get the error reply). Flower's strategies count the
   nodes, then wait until at least that many are connected (`sample_nodes`), so the two calls
@@ -114,6 +119,7 @@ class MqttGrid(Grid):
         minimum: int,
         run_id: int,
         book: RoundBook | None = None,
+        join_timeout: float = 60.0,
     ) -> None:
         self.bus = bus
         self.job = job
@@ -126,6 +132,10 @@ class MqttGrid(Grid):
         self._actor_of = {node: actor for actor, node in self._node_of.items()}
         self._ready: set[str] = set()
         self._gone: dict[str, str] = {}
+        self._fenced: dict[str, str] = {}
+        self._joining: dict[str, float] = {}
+        """Learners added by `update_roster` and not ready yet -> when they stop counting (monotonic)."""
+        self.join_timeout = join_timeout
         self._pending: dict[str, _Pending] = {}
         self._chunks = {actor: Reassembler() for actor in self.learners}
         self._changed = asyncio.Event()
@@ -135,6 +145,7 @@ class MqttGrid(Grid):
         self._listed: list[int] = []
         """What `get_node_ids` last returned (see the module docstring)."""
         self._listed_lock = threading.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self._run = compat.make_run(run_id)
         self.on_round_start: Callable[[int], None] | None = None
         """Called (in the strategy's thread) with the round number of pushed messages, once they
@@ -296,7 +307,41 @@ class MqttGrid(Grid):
 
     def below_minimum(self) -> str | None:
         live = len(self.live())
-        return f"only {live} learners left, minimum {self.minimum}" if self._armed and live < self.minimum else None
+        if not self._armed or live >= self.minimum:
+            return None
+        now = time.monotonic()
+        joining = [a for a, until in list(self._joining.items()) if until > now and a not in self._gone]
+        if live + len(joining) >= self.minimum:
+            return None
+        return f"only {live} learners left, minimum {self.minimum}"
+
+    def update_roster(self, learners: Sequence[str], reason: str = "re-placed") -> None:
+        """The job's learners are now `learners` (on the loop): fence the ones left out, add the new."""
+        wanted = list(dict.fromkeys(learners))
+        for actor in [a for a in self.learners if a not in wanted]:
+            self._fenced[actor] = f"fenced: {reason}"
+            self._joining.pop(actor, None)
+            self._mark_gone(actor, self._fenced[actor])
+        added = [a for a in wanted if a not in self._node_of and a not in self._fenced]
+        for actor in added:
+            self._node_of[actor] = node = node_id_for(actor)
+            self._actor_of[node] = actor
+            self._chunks[actor] = Reassembler()
+            self._joining[actor] = time.monotonic() + self.join_timeout
+        self.learners = [a for a in wanted if a not in self._fenced]
+        if added:
+            self.log.info("grid.learners_joining", learners=added, live=len(self.live()))
+            for actor in added:  # a learner that is ready already answers the ping with `ready`
+                task = asyncio.get_running_loop().create_task(self._ping(actor))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        self._notify()
+
+    async def _ping(self, actor: str) -> None:
+        try:
+            await self.bus.publish(self._down(actor), signal("ping"))
+        except EmberError as exc:
+            self.log.warning("grid.ping_failed", actor=actor, error=exc.message)
 
     # --- internals ---------------------------------------------------------------------------
     def _down(self, actor: str) -> str:
@@ -404,6 +449,9 @@ class MqttGrid(Grid):
 
     async def _on_up(self, message: BusMessage) -> None:
         actor = message.params.get("actor", "")
+        if actor in self._fenced:
+            self.stats["fenced_frames"] += 1
+            return
         if actor not in self._node_of:
             self.stats["unknown_learner"] += 1
             self.log.warning("grid.unknown_learner", actor=actor[:100])
@@ -413,9 +461,10 @@ class MqttGrid(Grid):
         frame = decode_frame(message.payload)  # FrameError: the bus drops it with one warning
         if frame.kind == "ready":
             if actor not in self._ready or actor in self._gone:
-                self.log.info("grid.learner_ready", actor=actor)
+                self.log.info("grid.learner_ready", actor=actor, joined=actor in self._joining)
             self._ready.add(actor)
             self._gone.pop(actor, None)
+            self._joining.pop(actor, None)
             self._notify()
         elif frame.kind == "gone":
             self._mark_gone(actor, str(frame.header.get("reason") or "connection lost"))

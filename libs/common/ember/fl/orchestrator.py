@@ -14,6 +14,9 @@
    an aggregator that finds a checkpoint of its job resumes after it, in the job's MLflow run;
 4. logs and registers the final model, publishes `JobResult` (metrics, MLflow run id, model
    version) on `jobs/{job}/progress`, and sends `done` to every learner.
+
+While it runs, `follow()` keeps the grid's learners those of the job's current placement (a
+re-placed learner joins, a fenced one is dropped); `fence()` ends a fenced aggregator's run.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ember.events import CheckpointSaved, JobResult, RoundCompleted, fact_id
 from ember.fl import flwr_compat as compat
 from ember.fl.checkpoint import Checkpoint, CheckpointStore, CheckpointWriter, LocalStore, MlflowStore, latest
 from ember.fl.clientapp import base_config, new_manager
+from ember.fl.fence import Roster
 from ember.fl.grid import MqttGrid, TooFewLearners
 from ember.fl.rounds import RoundStats
 from ember.fl.serverapp import run_model_manager, run_server_app
@@ -88,8 +92,10 @@ class Orchestrator:
         self.resumed_from: Checkpoint | None = None
         self._checkpoints: CheckpointWriter | None = None
         self.log = get_logger("ember.fl.orchestrator", job=job, actor=actor)
-        self.grid = MqttGrid(bus, job=job, learners=learners, minimum=spec.learners.minimum, run_id=run_id_for(job))
+        self.grid = MqttGrid(bus, job=job, learners=learners, minimum=spec.learners.minimum, run_id=run_id_for(job),
+                             join_timeout=spec.training.round_timeout)
         self.result = TrainingResult(ok=False)
+        self.fenced: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tracker: Tracker | None = None
         self._reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-mlflow")
@@ -131,6 +137,17 @@ class Orchestrator:
     def stop(self, reason: str) -> None:
         """Stop training (on the loop, e.g. on SIGTERM): the strategy's next grid call fails."""
         self.grid.close(reason)
+
+    def fence(self, reason: str) -> None:
+        """This aggregator's generation is over (on the loop): stop training, and leave the learners
+        alone (no `done`): they may already serve the aggregator that replaced this one."""
+        self.fenced = reason
+        self.grid.close(reason)
+
+    def follow(self, roster: Roster) -> None:
+        """The job's placement changed (on the loop): train with its current learners."""
+        if roster.learners and list(roster.learners) != self.grid.learners:
+            self.grid.update_roster(roster.learners, reason=f"not among the learners of generation {roster.generation}")
 
     # --- checkpoints ---------------------------------------------------------------------------
     def _checkpoint_store(self) -> CheckpointStore | None:
@@ -259,6 +276,8 @@ class Orchestrator:
         await self.bus.publish(topics.JOB_PROGRESS.format(self.bus.root, job=self.job), envelope)
 
     async def _say_done(self) -> None:
+        if self.fenced:
+            return
         try:
             await self.grid.signal_all("done", ok=self.result.ok)
         except EmberError as exc:

@@ -2,6 +2,7 @@
 
 `EMBER_JOB_ID`, `EMBER_ACTOR_ID`, `EMBER_NODE_ID`, `EMBER_MQTT_URL`, `EMBER_TOPIC_ROOT`,
 `EMBER_JOB_SPEC` (the job spec as JSON), `EMBER_LEARNERS` (comma-separated learner actor ids),
+`EMBER_GENERATION` (the placement generation it was started in),
 `EMBER_MLFLOW_TRACKING_URI` (aggregator; `none` disables tracking), `EMBER_HOME`,
 `EMBER_MLDATA_URL` / `EMBER_MLDATA_TOKEN` (learners; empty: the node's mldata defaults),
 `EMBER_CODE_DIR` (optional: the user's code folder; default: found from the entry point, else
@@ -27,6 +28,8 @@ class ActorSettings(DataSettings):
     actor_id: str = ""
     job_spec: str = ""
     learners: str = ""
+    generation: int = 0
+    """The job's placement generation the actor was started in (`EMBER_GENERATION`)."""
     code_dir: str = ""
     job_spec_dir: str = ""
     checkpoint_dir: str = ""

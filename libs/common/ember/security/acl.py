@@ -4,14 +4,16 @@ Least privilege, one block per principal (Mosquitto denies whatever no line gran
 
 - manager: reads requests, node reports and job progress; writes replies and every event.
 - builder, notifier: read events; write only the event types they append (`EVENT_WRITERS`); the
-  notifier alone writes `nodes/+/desired`.
-- node N (its flamelet and mldata): writes only `nodes/N/...`, reads only its own desired state and
-  the data addressed to it.
+  notifier alone writes `nodes/+/desired`; the builder reads, publishes and clears `bundles/+`.
+- node N (its flamelet and mldata): writes only `nodes/N/...`, reads only its own desired state,
+  the data addressed to it and code bundles (by digest, verified on fetch).
 - devices of node N: write only node N's data topics.
-- operator: every request; viewer: only the requests that change nothing (`READ_ONLY_ACTIONS`);
+- operator: every request and publishing code bundles (before `jobs.submit`); viewer: only the
+  requests that change nothing (`READ_ONLY_ACTIONS`);
   both read events, node reports and progress (not desired states, data or Flower frames).
 - an actor of job J: the aggregator writes progress, `fl/+/down` and the cast topic of J and
-  reads J's `fl/+/up`; learner A writes only `jobs/J/fl/A/up` and reads its down and the cast.
+  reads J's `fl/+/up`; learner A writes only `jobs/J/fl/A/up` and reads its down and the cast;
+  both read J's placement (the notifier writes it), by which they are fenced.
 - everyone reads replies addressed to its own client id (`pattern read .../reply/%c`).
 
 Node names go into explicit `user` blocks, never `pattern ... %u` lines: a pattern applies to every
@@ -61,10 +63,12 @@ class Policy:
     actor_state: topics.TopicTemplate = topics.ACTOR_STATE
     actor_log: topics.TopicTemplate = topics.ACTOR_LOG
     job_progress: topics.TopicTemplate = topics.JOB_PROGRESS
+    job_placement: topics.TopicTemplate = topics.JOB_PLACEMENT
     fl_down: topics.TopicTemplate = topics.FL_DOWN
     fl_cast: topics.TopicTemplate = topics.FL_CAST
     fl_up: topics.TopicTemplate = topics.FL_UP
     data: topics.TopicTemplate = topics.DATA
+    bundle: topics.TopicTemplate = topics.BUNDLE
     actors_as_node: bool = False
     """Transitional: actors connect with their node's identity (no per-job credentials yet), so a
     node may also use every job's actor topics (`_actor_rules` with `job=+`). Off: least privilege."""
@@ -77,7 +81,7 @@ class Policy:
     def templates(self) -> tuple[topics.TopicTemplate, ...]:
         return (
             self.request, self.reply, self.event, self.node_info, self.node_status, self.node_desired, self.actor_state,
-            self.actor_log, self.job_progress, self.fl_down, self.fl_cast, self.fl_up, self.data,
+            self.actor_log, self.job_progress, self.job_placement, self.fl_down, self.fl_cast, self.fl_up, self.data, self.bundle,
         )  # fmt: skip
 
     @property
@@ -110,7 +114,10 @@ class Policy:
                     r("write", self.event, aggregate=e.aggregate, type=e.__name__) for e in EVENT_WRITERS.get(identity.name, ())
                 ]
                 if identity.name == "notifier":
-                    own += [r("read", self.node_info), r("read", self.node_status), r("write", self.node_desired)]
+                    own += [r("read", self.node_info), r("read", self.node_status), r("write", self.node_desired),
+                            r("write", self.job_placement)]
+                if identity.name == "builder":
+                    own += [r("readwrite", self.bundle)]
                 return [r("read", self.event), *own]
             case Kind.node if self.actors_as_node:
                 return [*self._node_rules(node), *self._actor_rules(Role.AGGREGATOR), *self._actor_rules(Role.LEARNER)]
@@ -119,7 +126,7 @@ class Policy:
             case Kind.devices:
                 return [r("write", self.data, node=node)]
             case Kind.user if identity.role == UserRole.operator:
-                return [r("write", self.request), *self._reports("read")]
+                return [r("write", self.request), r("write", self.bundle), *self._reports("read")]
             case Kind.user:
                 return [*(r("write", self.request, action=a) for a in READ_ONLY_ACTIONS), *self._reports("read")]
             case Kind.actor:
@@ -131,7 +138,7 @@ class Policy:
         return [
             r("write", self.node_info, node=node), r("write", self.node_status, node=node),
             r("write", self.actor_state, node=node), r("write", self.actor_log, node=node),
-            r("read", self.node_desired, node=node), r("read", self.data, node=node),
+            r("read", self.node_desired, node=node), r("read", self.data, node=node), r("read", self.bundle),
         ]  # fmt: skip
 
     def _actor_rules(self, role: str, **fixed: str) -> list[Rule]:
@@ -142,12 +149,13 @@ class Policy:
         if role == Role.AGGREGATOR:
             return [
                 r("write", self.job_progress, job=job), r("write", self.fl_down, job=job),
-                r("write", self.fl_cast, job=job), r("read", self.fl_up, job=job),
+                r("write", self.fl_cast, job=job), r("read", self.fl_up, job=job), r("read", self.job_placement, job=job),
             ]  # fmt: skip
         return [
             r("write", self.fl_up, job=job, actor=actor),
             r("read", self.fl_down, job=job, actor=actor),
             r("read", self.fl_cast, job=job),
+            r("read", self.job_placement, job=job),
         ]
 
     def render(self, identities: Iterable[Identity]) -> str:

@@ -24,6 +24,9 @@ class BuilderSettings(Settings):
     builder_grace: float = Field(default=10.0, ge=0)
     """Seconds a running build gets to finish on SIGTERM before it is killed (and redone on restart)."""
     builder_resync: float = Field(default=2.0, gt=0)
+    builder_bundle_keep: float = Field(default=60.0, ge=0)
+    """Seconds a code bundle stays retained on the broker after the last job using it ended (a
+    client that just published it for a new job has this long to submit that job)."""
 
     def artifacts_dir(self) -> Path:
         return (self.builder_artifacts_dir or self.home / "artifacts").expanduser()

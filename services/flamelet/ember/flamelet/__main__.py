@@ -18,6 +18,8 @@ def parse_args(argv: Sequence[str] | None) -> FlameletSettings:
     parser = service_parser("flamelet", "Ember flamelet: one worker node's agent.")
     parser.add_argument("--node", dest="node_id", metavar="NODE", help="node id (default: EMBER_NODE_ID)")
     parser.add_argument("--data-dir", dest="mldata_data_dir", help="the node's mldata folder (default: EMBER_MLDATA_DATA_DIR)")
+    parser.add_argument("--mldata-url", dest="mldata_url",
+                        help="URL the node's learners reach its mldata at (EMBER_MLDATA_URL; default: the one mldata recorded in its folder)")
     parser.add_argument("--capabilities", dest="flamelet_capabilities", help="comma list of roles: aggregator,learner")
     parser.add_argument("--cpus", dest="flamelet_cpus", type=int, help="CPUs to announce (default: the machine's)")
     parser.add_argument("--memory-mb", dest="flamelet_memory_mb", type=int, help="memory to announce (default: the machine's)")

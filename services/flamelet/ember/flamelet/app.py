@@ -7,6 +7,11 @@ It announces the node (retained `NodeInfo` and `NodeStatus` online, with a retai
 `offline`), re-announces on every (re)connect, applies `nodes/{node}/desired` through the
 supervisor and publishes each actor's reports and log lines. On a clean shutdown it stops its
 actors (unless `flamelet_leave_actors`), publishes `offline` itself and disconnects.
+
+A node that (re)connects with actors (adopted, or running while it was away) first waits for its
+retained desired state (up to `flamelet_desired_wait`) and stops every actor no longer desired
+(its node may have been declared lost meanwhile, and those actors re-placed elsewhere); only then
+does it say `online` and report its actors.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from datetime import datetime
 from typing import Any
 
 from ember import topics
-from ember.bus import Bus
+from ember.bus import Bus, Message
+from ember.data.settings import read_url
 from ember.datasummary import summary_stamp
 from ember.envelope import Envelope, utcnow
 from ember.errors import InvalidSettings, Unavailable
@@ -48,7 +54,7 @@ class Flamelet(Service):
         self.root = settings.topic_root
         self.started: datetime = utcnow()
         self._will_since = self._online_since = self.started
-        self.runtime = runtime or ProcessRuntime(settings.actors_dir)
+        self.runtime = runtime or ProcessRuntime(settings.actors_dir, orphan_grace=settings.flamelet_orphan_grace)
         self.log = self.log.bind(node=node)
         self.bus = service_bus(settings, f"ember-flamelet-{node}", f"flamelet/{node}", will=self._will(), on_connect=self._on_connect)
         self.supervisor = Supervisor(
@@ -60,7 +66,16 @@ class Flamelet(Service):
             grace=settings.flamelet_stop_grace,
             log_interval=settings.flamelet_log_interval,
         )
-        self.bus.subscribe(topics.NODE_DESIRED, desired_handler(self.supervisor), node=node)
+        self._desired_seen = asyncio.Event()
+        apply_desired = desired_handler(self.supervisor)
+
+        async def on_desired(message: Message) -> None:
+            try:
+                await apply_desired(message)
+            finally:
+                self._desired_seen.set()
+
+        self.bus.subscribe(topics.NODE_DESIRED, on_desired, node=node)
         self._announce = asyncio.Event()
         self._ready = asyncio.Event()
 
@@ -109,6 +124,8 @@ class Flamelet(Service):
     async def _on_connect(self, bus: Bus) -> None:
         self._online_since = self._will_since  # the will in force for this connection
         bus.will = self._will()  # the next connection's will carries a fresh `since`
+        self._desired_seen.clear()  # the retained desired state comes again after this returns
+        self.supervisor.hold()
         self._announce.set()
 
     async def _announcer(self) -> None:
@@ -118,11 +135,24 @@ class Flamelet(Service):
             self._announce.clear()
             try:
                 await self._publish_info()
+                await self._stop_undesired()
                 await self._publish_status("online", since=self._online_since)
-                await self.supervisor.republish()
+                await self.supervisor.release()
                 self._ready.set()
             except Unavailable as exc:
                 self.log.warning("flamelet.announce_failed", reason=exc.message)
+
+    async def _stop_undesired(self) -> None:
+        """With actors on the node: apply the retained desired state and stop what it no longer
+        lists, before the node says `online` (nothing to wait for on a node without actors)."""
+        if not self.supervisor.running:
+            return
+        try:
+            await asyncio.wait_for(self._desired_seen.wait(), self.settings.flamelet_desired_wait)
+        except TimeoutError:
+            self.log.warning("flamelet.no_desired_state", waited=self.settings.flamelet_desired_wait, actors=self.supervisor.running)
+            return
+        await self.supervisor.settle()
 
     async def _watch_summary(self) -> None:
         """Re-announce the node info when the mldata summary (the node's data tags) changes."""
@@ -137,6 +167,8 @@ class Flamelet(Service):
 
     async def _publish_info(self) -> None:
         info = node_info(self.settings, self.started)
+        if not info.mldata_url:  # the URL the node's mldata recorded: its learners reach it there
+            info = info.model_copy(update={"mldata_url": read_url(self.settings.mldata_data_dir)})
         envelope = self.bus.envelope("NodeInfo", info.model_dump(mode="json"), subject=self.node)
         await self.bus.publish(topics.NODE_INFO.format(self.root, node=self.node), envelope, retain=True)
 

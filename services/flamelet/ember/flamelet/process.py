@@ -6,9 +6,14 @@ Per actor, in `$EMBER_HOME/nodes/<node>/actors/`:
 - `<actor>.exit` its exit code, written by the shim when it ends (even if no flamelet watched).
 
 The actor runs `<artifact.python> -m <module> <args>` with the flamelet's environment, the
-spec's env on top and `PYTHONPATH=<artifact.code_dir>`, in its own session and process group
+spec's env on top and `PYTHONPATH=<artifact.code_dir>`; for a `bundle` artifact, python and
+code folder are this node's own, prepared first (`ember.flamelet.code`), in its own session and process group
 (so stopping it stops everything it started, and a dying flamelet does not take it along).
 An actor is watched through a pidfd (woken by the kernel when it ends, no polling).
+
+`owner.pid` in the same folder names the flamelet that owns the node's actors (each runtime
+writes it when it starts); the shim stops an actor once no owner has been alive for
+`orphan_grace` seconds (see `ember.flamelet.shim`).
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ember.events import ActorSpec
+from ember.flamelet.code import CodeCache
 from ember.flamelet.runtime import ActorExit, StartFailed
 from ember.log import get_logger
 
 SHIM = Path(__file__).with_name("shim.py")
+OWNER_FILE = "owner.pid"
 log = get_logger("ember.flamelet.process")
 
 
@@ -171,10 +178,17 @@ class ProcessRuntime:
 
     name = "process"
 
-    def __init__(self, actors_dir: Path, *, base_env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, actors_dir: Path, *, base_env: Mapping[str, str] | None = None, code: CodeCache | None = None,
+                 orphan_grace: float = 30.0) -> None:
         self.actors_dir = actors_dir
         self.base_env = dict(os.environ if base_env is None else base_env)
+        self.code = code or CodeCache.from_env(actors_dir.parent / "code", self.base_env)
+        self.orphan_grace = orphan_grace
         actors_dir.mkdir(parents=True, exist_ok=True)
+        self.owner_file = actors_dir / OWNER_FILE
+        tmp = self.owner_file.with_suffix(".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, self.owner_file)
 
     def files(self, actor: str) -> ActorFiles:
         if not actor or "/" in actor or actor.startswith(".") or "\x00" in actor:
@@ -198,6 +212,9 @@ class ProcessRuntime:
         if spec.runtime != self.name:
             raise StartFailed(f"this node runs actors with the {self.name!r} runtime, not {spec.runtime!r}")
         files = self.files(spec.actor)
+        if spec.artifact.bundle:
+            python, code_dir = await self.code.prepare(spec)
+            spec = spec.model_copy(update={"artifact": spec.artifact.model_copy(update={"python": python, "code_dir": code_dir})})
         command = self.command(spec)
         code_dir = spec.artifact.code_dir
         if code_dir and not Path(code_dir).is_dir():
@@ -209,7 +226,7 @@ class ProcessRuntime:
             out.flush()
             try:
                 popen = subprocess.Popen(
-                    [sys.executable, "-I", str(SHIM), str(files.exit), *command],
+                    [sys.executable, "-I", str(SHIM), *self._watch_owner(), str(files.exit), *command],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     env=self.environment(spec), cwd=code_dir or self.actors_dir, start_new_session=True,
                 )
@@ -220,6 +237,9 @@ class ProcessRuntime:
         tmp.write_text(json.dumps(record))
         os.replace(tmp, files.state)
         return ProcessActor(spec, files, popen.pid, popen)
+
+    def _watch_owner(self) -> list[str]:
+        return ["--owner", str(self.owner_file), "--orphan-grace", f"{self.orphan_grace:g}"] if self.orphan_grace > 0 else []
 
     async def adopt(self) -> list[ProcessActor]:
         found = []

@@ -23,14 +23,24 @@ class FlameletSettings(Settings):
     """Seconds between SIGTERM and SIGKILL when an actor is no longer desired."""
     flamelet_leave_actors: bool = False
     """On shutdown, leave the actors running (a restarted flamelet re-adopts them)."""
+    flamelet_orphan_grace: float = Field(default=30.0, ge=0)
+    """Seconds an actor runs on once no flamelet is alive on its node before it is stopped (a
+    flamelet restarted within this time re-adopts it); 0: actors never stop for that."""
+    flamelet_desired_wait: float = Field(default=5.0, ge=0)
+    """On (re)connect with actors on the node, how long to wait for the node's retained desired
+    state (to stop what is no longer desired) before reporting `online` without it."""
     flamelet_log_interval: float = Field(default=0.5, gt=0)
     """How often new actor log lines are batched onto `nodes/{node}/actors/{actor}/log`."""
     flamelet_summary_interval: float = Field(default=5.0, gt=0)
     """How often the mldata summary file is checked for new data tags."""
+    flamelet_pip_args: str = ""
+    """Extra `pip install` arguments for the venvs this node prepares for jobs' requirements
+    (`ember.flamelet.code`), e.g. `--no-index --find-links /srv/wheels` on an offline node."""
     mldata_data_dir: Path | None = None
     """The node's mldata folder (`EMBER_MLDATA_DATA_DIR`); its `_summary.json` lists the data tags."""
     mldata_url: str = ""
-    """Where learners on this node reach mldata (announced in the node info)."""
+    """Where learners on this node reach mldata (announced in the node info); default: the URL
+    the node's mldata recorded in its folder (`mldata_data_dir`)."""
 
     @field_validator("flamelet_capabilities", mode="before")
     @classmethod

@@ -6,6 +6,11 @@ the last one applied. Actors run once: an actor that ended stays ended while it 
 Each actor has one watcher task that reports `starting -> running -> exited | failed`
 (retained) and streams new log lines. Nothing here knows about MQTT: reports and log lines go
 through the two callables the app passes in.
+
+Reports are *held* (kept as each actor's latest, not published) from the start and again after
+each reconnect, until the app `release()`s them: a node that comes back first applies its
+desired state and stops what is no longer desired (`settle()`), so an actor fenced while the
+node was away is never reported `running` again.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class Supervisor:
         self._clear_report = clear_report
         self._tg: asyncio.TaskGroup | None = None
         self._closing = False
+        self._held = True
         self.log = get_logger("ember.flamelet", node=node)
 
     # --- start-up ----------------------------------------------------------------------------
@@ -175,14 +181,34 @@ class Supervisor:
         await self.publish(managed)
 
     async def publish(self, managed: Managed) -> None:
-        """Publish the actor's *latest* report (a lock keeps a stale one from landing last)."""
+        """Publish the actor's *latest* report (a lock keeps a stale one from landing last);
+        while reports are held, it stays the latest until `release()`."""
+        if self._held:
+            return
         async with managed.lock:
             await self._publish_report(managed.report)
 
-    async def republish(self) -> None:
-        """After a (re)connect: every actor's latest report again (retained, idempotent)."""
+    def hold(self) -> None:
+        """Keep reports back (the node is (re)connecting) until `release()`."""
+        self._held = True
+
+    async def release(self) -> None:
+        """Publish every actor's latest report (retained, idempotent) and publish as they come."""
+        self._held = False
         for managed in list(self.actors.values()):
             await self.publish(managed)
+
+    async def settle(self) -> None:
+        """Until every actor that is no longer desired has ended."""
+        watchers = [m.watcher for m in self.actors.values() if m.stopping and m.watcher is not None and not m.watcher.done()]
+        if watchers:
+            self.log.info("flamelet.stopping_undesired", actors=[m.spec.actor for m in self.actors.values() if m.stopping])
+            await asyncio.wait(watchers)
+
+    @property
+    def running(self) -> int:
+        """Actors that have not ended."""
+        return sum(1 for m in self.actors.values() if not m.report.state.terminal)
 
     # --- shutdown ----------------------------------------------------------------------------
     async def shutdown(self, *, leave: bool = False) -> None:

@@ -94,13 +94,13 @@ class Manager:
         event_id, event = decision
         await self.append(event_id, report.job, event)
 
-    async def record_progress(self, job_id: str, report: reports.Progress) -> None:
+    async def record_progress(self, job_id: str, report: reports.Progress, source: str = "") -> None:
         """A round the aggregator finished (`{job}:round:{n}`), a checkpoint it stored, or its
         final result (`{job}:result`)."""
-        decision = reports.progress_event(report, self.projection.jobs.get(job_id), job_id)
+        decision = reports.progress_event(report, self.projection.jobs.get(job_id), job_id, source)
         if isinstance(decision, reports.Skip):
             await self.catch_up()
-            decision = reports.progress_event(report, self.projection.jobs.get(job_id), job_id)
+            decision = reports.progress_event(report, self.projection.jobs.get(job_id), job_id, source)
         if isinstance(decision, reports.Skip):
             log.info("progress.dropped", job=job_id, round=getattr(report, "round", None), reason=decision.reason)
             return

@@ -82,7 +82,7 @@ def register(bus: Bus, manager: Manager, gate: Gate) -> None:
     async def on_progress(message: Message) -> None:
         with inbound():
             progress = reports.parse_progress(message.body)
-        await manager.record_progress(message.params["job"], progress)
+        await manager.record_progress(message.params["job"], progress, message.body.source)
 
     async def on_info(message: Message) -> None:
         with inbound():

@@ -12,7 +12,7 @@ from typing import Any
 from ember.actions import SubmitJob
 from ember.errors import Conflict, InvalidRequest, NotFound
 from ember.events import JobCancelled, JobSubmitted, fact_id
-from ember.jobspec import validate_spec
+from ember.jobspec import submittable_spec
 from ember.projection import TERMINAL_EVENT, JobView, Projection
 
 
@@ -26,7 +26,7 @@ def job_id(name: str, request_id: str) -> str:
 
 def submitted(request: SubmitJob, request_id: str) -> tuple[str, str, JobSubmitted]:
     """(job id, event id, JobSubmitted) for a valid spec; InvalidJobSpec names every bad field."""
-    spec = validate_spec(request.spec)
+    spec = submittable_spec(request.spec)
     if request.spec_dir and not request.spec_dir.startswith("/"):
         raise InvalidRequest(
             f"spec_dir must be an absolute path, got {request.spec_dir!r}",

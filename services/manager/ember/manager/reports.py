@@ -52,6 +52,8 @@ def actor_event(report: ActorReport, job: JobView | None) -> tuple[str, ActorSta
         return Skip(f"job {report.job} has no actor {report.actor}")
     if actor.node != report.node:
         return Skip(f"actor {report.actor} is placed on {actor.node}, not {report.node}")
+    if actor.generation < job.generation:
+        return Skip(f"fenced: actor {report.actor} is of generation {actor.generation}, the job is at {job.generation}")
     if actor.state.terminal or ORDER[report.state] < ORDER[actor.state]:
         return Skip(f"stale report: actor is already {actor.state.value}", quiet=True)
     event = ActorStateChanged(
@@ -80,12 +82,16 @@ def parse_progress(envelope: Envelope) -> Progress:
     raise ValueError(f"expected a RoundCompleted or JobResult envelope on a progress topic, got {envelope.type!r}")
 
 
-def progress_event(report: Progress, job: JobView | None, job_id: str) -> tuple[str, Event] | Skip:
+def progress_event(report: Progress, job: JobView | None, job_id: str, source: str = "") -> tuple[str, Event] | Skip:
     """For a known job: a round as `{job}:round:{n}`, a checkpoint as
     `{job}:checkpoint:{n}:{digest prefix}`, the final result as `{job}:result` (its metrics,
-    MLflow run and model version)."""
+    MLflow run and model version). `source` is the publishing actor: an aggregator a
+    re-placement fenced is not heard."""
     if job is None:
         return Skip(f"unknown job {job_id}")
+    sender = job.actors.get(source)
+    if sender is not None and sender.generation < job.generation:
+        return Skip(f"fenced: {source} is of generation {sender.generation}, the job is at {job.generation}")
     if isinstance(report, CheckpointSaved):
         return fact_id(job_id, "checkpoint", report.round, report.digest[:16]), report
     if not isinstance(report, RoundCompleted):

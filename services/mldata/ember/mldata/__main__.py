@@ -18,7 +18,10 @@ from ember.service import run_main, service_parser, settings_from
 def parse_args(argv: Sequence[str] | None = None) -> MldataSettings:
     parser = service_parser("mldata", "Ember mldata: Arrow Flight + MQTT ingestion of one node")
     parser.add_argument("--port", dest="mldata_port", metavar="PORT", type=int, help="Flight port (EMBER_MLDATA_PORT, default 8815; 0 = any free)")
-    parser.add_argument("--host", dest="mldata_host", metavar="HOST", help="interface to bind (EMBER_MLDATA_HOST, default 0.0.0.0)")
+    parser.add_argument("--host", dest="mldata_host", metavar="HOST",
+                        help="the node's address to bind (EMBER_MLDATA_HOST, default 127.0.0.1)")
+    parser.add_argument("--url", dest="mldata_url", metavar="URL",
+                        help="URL the node's learners reach it at (EMBER_MLDATA_URL, default grpc://HOST:PORT)")
     parser.add_argument("--data-dir", dest="mldata_data_dir", metavar="DIR", help="partition directory (EMBER_MLDATA_DATA_DIR)")
     parser.add_argument("--token", dest="mldata_token", metavar="TOKEN", help="node token (EMBER_MLDATA_TOKEN; default: generated into <data-dir>/_token)")
     parser.add_argument("--node", dest="node_id", metavar="NODE", help="node id (EMBER_NODE_ID)")

@@ -23,6 +23,7 @@ from ember.mldata.ingest import Batch, Ingestor
 from ember.mldata.server import MldataFlightServer
 from ember.mldata.settings import MldataSettings
 from ember.mldata.store import PartitionStore
+from ember.data.settings import write_url
 from ember.mldata.summary import write_summary
 from ember.service import Service, service_bus
 
@@ -60,7 +61,8 @@ class MldataService(Service):
 
     @property
     def url(self) -> str:
-        return f"grpc://127.0.0.1:{self.port}"
+        """Where the node's learners reach this server (also written to `<data-dir>/_url`)."""
+        return self.settings.advertised_url(self.port)
 
     async def open(self) -> None:
         settings = self.settings
@@ -77,6 +79,7 @@ class MldataService(Service):
             )
         except (OSError, pa.ArrowException) as exc:
             raise Unavailable(f"cannot serve Arrow Flight on {location}: {exc}") from None
+        write_url(settings.data_dir(), self.url)
         if settings.mldata_ingest:
             self.bus = service_bus(settings, f"ember-mldata-{self.node}", f"mldata/{self.node}")
             self.bus.subscribe(topics.DATA, data_handler(self.ingestor, self._flushes), raw=True)
@@ -108,7 +111,7 @@ class MldataService(Service):
             self.store.close()
 
     def started_fields(self) -> dict[str, Any]:
-        return {"node": self.node, "port": self.port, "data_dir": str(self.store.root), "ingest": self.settings.mldata_ingest}
+        return {"node": self.node, "url": self.url, "data_dir": str(self.store.root), "ingest": self.settings.mldata_ingest}
 
     def stopped_fields(self) -> dict[str, Any]:
         return {"node": self.node, **self.ingestor.stats()}

@@ -8,13 +8,24 @@ from pydantic import Field
 
 from ember.data.settings import DataSettings
 
+WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+
 
 class MldataSettings(DataSettings):
     """The server's settings: the address and token (`DataSettings`), where it listens, how it
     stores and ingests."""
 
-    mldata_host: str = "0.0.0.0"
-    """Interface the Flight server binds; edge devices push from other hosts (token required)."""
+    mldata_host: str = "127.0.0.1"
+    """Address the Flight server binds: loopback for the local stack; on an edge box, the node's own
+    address on the network its learners and devices reach it through (token required)."""
+
+    def advertised_url(self, port: int) -> str:
+        """Where the node's learners reach this server: `EMBER_MLDATA_URL` if set, else the bound
+        address (loopback when bound to every interface: set the URL for other hosts then)."""
+        if self.mldata_url:
+            return self.mldata_url
+        host = self.mldata_host if self.mldata_host not in WILDCARDS else "127.0.0.1"
+        return f"grpc://[{host}]:{port}" if ":" in host else f"grpc://{host}:{port}"
     mldata_compression: Literal["none", "snappy", "lz4", "zstd", "gzip"] = "none"
     """Parquet codec. `none` by default: noisy float sensor channels barely compress, and a codec
     slows every write (figures in docs/benchmarks.md)."""

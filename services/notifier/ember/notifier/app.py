@@ -22,10 +22,10 @@ from ember import topics
 from ember.eventlog import EventLog, open_eventlog
 from ember.eventlog.base import StoredEvent
 from ember.errors import Unavailable
-from ember.events import DesiredState
+from ember.events import DesiredState, JobPlacement
 from ember.follower import LogFollower, append_and_publish
 from ember.notifier.core import decide
-from ember.notifier.desired import ActorEnv, desired_actors
+from ember.notifier.desired import ActorEnv, desired_actors, job_placements
 from ember.notifier.handlers import node_handlers
 from ember.nodes import NodeTable
 from ember.notifier.settings import NotifierSettings
@@ -50,6 +50,8 @@ class Notifier(Service):
         self.nodes = NodeTable()
         self.bus = service_bus(settings, settings.notifier_client_id, SOURCE)
         self.follower: LogFollower | None = None
+        self.placements: dict[str, JobPlacement] = {}
+        """job -> the placement last published on its placement topic."""
         self.published: dict[str, list[dict]] = {}
         """node -> the actor list last published on its desired topic."""
         self.env = ActorEnv(
@@ -112,8 +114,26 @@ class Notifier(Service):
     async def _reconcile(self, projection: Projection, _new: list[StoredEvent]) -> None:
         if asyncio.get_running_loop().time() >= self._place_after:
             await self._decide(projection)
+        await self._publish_placements(projection)
         await self._publish_desired(projection)
         self._ready.set()
+
+    async def _publish_placements(self, projection: Projection) -> None:
+        """Publish (retained) the placement of every job whose placement changed."""
+        changed = [p for job, p in sorted(job_placements(projection).items()) if self.placements.get(job) != p]
+        limit = asyncio.Semaphore(PUBLISH_IN_FLIGHT)
+
+        async def publish(placement: JobPlacement) -> None:
+            envelope = self.bus.envelope("JobPlacement", placement.model_dump(mode="json"), subject=placement.job)
+            async with limit:
+                try:
+                    await self.bus.publish(topics.JOB_PLACEMENT.format(self.root, job=placement.job), envelope, retain=True)
+                except Unavailable as exc:  # retried on the next pass
+                    self.log.warning("notifier.placement_not_published", job=placement.job, reason=exc.message)
+                    return
+            self.placements[placement.job] = placement
+
+        await asyncio.gather(*(publish(p) for p in changed))
 
     async def _decide(self, projection: Projection) -> None:
         assert self.eventlog is not None

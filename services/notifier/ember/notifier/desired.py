@@ -1,7 +1,9 @@
 """Each node's desired state: every actor of a live job placed on it (current generation).
 
 A pure function of the projection (plus the node table for mldata URLs); the app publishes a
-node's state retained on `nodes/{node}/desired`, only when it changed.
+node's state retained on `nodes/{node}/desired`, only when it changed. Likewise each job's
+placement (`job_placements`, retained on `jobs/{job}/placement`), which its actors follow and are
+fenced by; it goes out before the desired states, so an actor never starts before its placement.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ember.events import ActorSpec, Artifact, Role
+from ember.events import ActorSpec, Artifact, JobPlacement, Placement, Role
 from ember.nodes import NodeTable
 from ember.notifier.placement import JobNeeds
 from ember.projection import ActorView, JobView, Projection
@@ -96,4 +98,16 @@ def desired_actors(projection: Projection, nodes: NodeTable, env: ActorEnv) -> d
         for actor in actors:
             spec = actor_spec(job, actor, needs, env, nodes, learners=learners, spec_json=spec_json)
             out.setdefault(actor.node, []).append(spec)
+    return out
+
+
+def job_placements(projection: Projection) -> dict[str, JobPlacement]:
+    """job -> its current placement, for every job that was placed (no actors once it ended)."""
+    out = {}
+    for job in projection.jobs.values():
+        if job.generation == 0:
+            continue
+        actors = [] if job.state.terminal else sorted(job.current_actors(), key=lambda a: (a.role != Role.AGGREGATOR, a.index, a.actor))
+        placed = [Placement(actor=a.actor, role=a.role, node=a.node, index=a.index) for a in actors]
+        out[job.id] = JobPlacement(job=job.id, generation=job.generation, actors=placed, ended=job.state.terminal)
     return out
