@@ -142,6 +142,6 @@ def test_past_the_limit_the_job_fails_naming_every_attempt():
     [failed] = log.manager()
     assert type(failed).__name__ == "JobFailed" and log.job.state == JobState.FAILED
     lines = failed.reason.splitlines()
-    assert "no recovery left (training.max_recoveries 2)" in lines[0]
+    assert lines[0].startswith("no recovery left (training.max_recoveries 2): aggregator fit-1-aggregator-g3")
     assert lines[1].startswith("attempt 1: aggregator fit-1-aggregator on n-a failed with exit code -9")
     assert lines[2].startswith("attempt 2: aggregator fit-1-aggregator-g2")

@@ -42,13 +42,19 @@ def awaiting_placement(job: JobView) -> bool:
     return any(r["generation"] == job.generation for r in job.recoveries)
 
 
+def first_line(text: str) -> str:
+    return next((line for line in text.splitlines() if line.strip()), "")
+
+
 def recover(job: JobView, reason: str) -> tuple[str, Event]:
-    """`JobRecovering` for the current generation, or `JobFailed` once the attempts are used up."""
+    """`JobRecovering` for the current generation, or `JobFailed` once the attempts are used up
+    (its first line says so, one line per attempt follows, then the last failure in full)."""
     attempts = [r["reason"] for r in job.recoveries]
     limit = max_recoveries(job)
     if len(attempts) >= limit:
-        lines = [f"{reason}; no recovery left (training.max_recoveries {limit})"]
+        lines = [f"no recovery left (training.max_recoveries {limit}): {first_line(reason)}"]
         lines += [f"attempt {i}: {text}" for i, text in enumerate(attempts, 1)]
+        lines += ["--- last failure ---", reason]
         return fact_id(job.id, TERMINAL_EVENT), JobFailed(reason="\n".join(lines))
-    event = JobRecovering(generation=job.generation, attempt=len(attempts) + 1, reason=reason)
+    event = JobRecovering(generation=job.generation, attempt=len(attempts) + 1, reason=first_line(reason))
     return fact_id(job.id, "recovering", job.generation), event

@@ -51,6 +51,11 @@ worth of CPU): a round that ends this long after the last write (or the start) i
 once, faster ones wait for the next write, and `_drain` writes the rest before the result."""
 
 
+REPLAYED_ROUNDS = 100
+"""A resumed aggregator publishes again this many of the checkpoint's latest rounds: far more than
+the previous aggregator can have left unpublished (its reports trail the rounds by one)."""
+
+
 def run_id_for(job: str) -> int:
     """Flower run id of a job (stable, 53 bits)."""
     return int.from_bytes(hashlib.sha256(job.encode()).digest()[:6], "big") + 1
@@ -114,6 +119,7 @@ class Orchestrator:
                 self._tracker = Tracker(self.tracking_uri, self.spec, self.job)
                 self.result.mlflow_run_id = await asyncio.to_thread(self._tracker.start)
             await asyncio.to_thread(self._open_checkpoints)
+            await self._replay_rounds()
             live = await self.grid.wait_ready(self.spec.training.round_timeout)
             self.log.info("aggregator.start", learners=live, rounds=self.spec.training.rounds, strategy=self.spec.training.strategy)
             await asyncio.to_thread(self._train)
@@ -175,6 +181,17 @@ class Orchestrator:
             if self._tracker is not None:
                 self._tracker.log_history(found[0].history)
         self._checkpoints = CheckpointWriter(store, keep=self.spec.training.checkpoints, on_saved=self._checkpoint_saved)
+
+    async def _replay_rounds(self) -> None:
+        """Resuming: publish again the checkpoint's latest rounds. A round is published once the
+        next one starts, so the rounds just before the checkpoint may never have left the previous
+        aggregator; the manager ignores the ones it holds (deterministic ids)."""
+        if self.resumed_from is None:
+            return
+        topic = topics.JOB_PROGRESS.format(self.bus.root, job=self.job)
+        for entry in self.resumed_from.history[-REPLAYED_ROUNDS:]:
+            event = RoundCompleted.model_validate(entry)
+            await self.bus.publish(topic, event.envelope(self.job, source=self.actor, event_id=fact_id(self.job, "round", event.round)))
 
     def _checkpoint_saved(self, number: int, digest: str) -> None:
         """In the writer's thread: publish `CheckpointSaved` (best effort; the store holds it)."""
