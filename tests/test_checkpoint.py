@@ -133,6 +133,20 @@ def test_writer_coalesces_and_keeps_the_newest(tmp_path):
     assert found is not None and found[1] == saved[-1][1]
 
 
+def test_writer_waits_the_interval_unless_flushed(tmp_path):
+    store = LocalStore(tmp_path)
+    saved: list[int] = []
+    writer = CheckpointWriter(store, keep=5, interval=3600, on_saved=lambda r, d: saved.append(r))
+    writer.submit(sample(1))  # the first write starts at once
+    wait_until(lambda: saved == [1], timeout=10, message="round 1 was not written")
+    for number in range(2, 5):
+        writer.submit(sample(number))
+    assert saved == [1]  # within the interval: rounds 2..4 wait, coalesced
+    assert writer.flush(30)
+    writer.close(30)
+    assert saved == [1, 4]
+
+
 def test_writer_keeps_at_most_k(tmp_path):
     store = LocalStore(tmp_path)
     writer = CheckpointWriter(store, keep=2)

@@ -53,7 +53,7 @@ def spec(max_recoveries: int) -> dict[str, Any]:
         "code": {"path": ".", "entrypoint": "tiny_model:TinyModel"},
         "data": {"tags": ["tiny"]},
         "learners": {"count": 2, "min": 2},
-        "training": {"rounds": ROUNDS, "learning_rate": 0.1, "round_timeout": 60, "max_recoveries": max_recoveries},
+        "training": {"rounds": ROUNDS, "learning_rate": 0.1, "round_timeout": 60, "max_recoveries": max_recoveries, "checkpoint_interval": 0},
         "resources": {"cpus": 0.25, "memory_mb": 64},
         "runtime": "process",
     }

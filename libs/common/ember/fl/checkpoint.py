@@ -11,8 +11,9 @@ Storage is a small seam (`CheckpointStore`): `LocalStore` (a folder; temp file, 
 fsync of the folder) and `MlflowStore` (the job's MLflow run, artifact path `checkpoints/`).
 `CheckpointWriter` writes in its own thread, off the round's critical path: `submit` replaces
 the checkpoint waiting to be written, so rounds faster than writes are coalesced (only the
-newest is written), and after each write it keeps the newest `keep` and reports
-`(round, digest)`.
+newest is written); it starts a write at most every `interval` seconds (a store write costs
+more CPU than a small model's round; `flush` writes the newest at once), and after each write
+it keeps the newest `keep` and reports `(round, digest)`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,12 +257,16 @@ def latest(store: CheckpointStore) -> tuple[Checkpoint, str] | None:
 class CheckpointWriter:
     """Writes checkpoints in one background thread, coalescing, keeping the newest `keep`."""
 
-    def __init__(self, store: CheckpointStore, *, keep: int, on_saved: Callable[[int, str], None] | None = None) -> None:
-        self.store, self.keep, self.on_saved = store, max(1, keep), on_saved
+    def __init__(
+        self, store: CheckpointStore, *, keep: int, interval: float = 0.0, on_saved: Callable[[int, str], None] | None = None
+    ) -> None:
+        self.store, self.keep, self.interval, self.on_saved = store, max(1, keep), interval, on_saved
         self.saved: list[tuple[int, str]] = []
         self._pending: Checkpoint | None = None
         self._busy = False
+        self._hurry = 0
         self._closed = False
+        self._started_at = -float("inf")
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="ember-checkpoint", daemon=True)
         self._thread.start()
@@ -272,9 +278,14 @@ class CheckpointWriter:
             self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until nothing is pending or being written; False on timeout."""
+        """Write the pending checkpoint now and wait for it; False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
+            self._hurry += 1
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
+            finally:
+                self._hurry -= 1
 
     def close(self, timeout: float | None = None) -> None:
         self.flush(timeout)
@@ -288,7 +299,10 @@ class CheckpointWriter:
                 self._cond.wait_for(lambda: self._pending is not None or self._closed)
                 if self._pending is None:
                     return
+                while not self._hurry and (delay := self._started_at + self.interval - time.monotonic()) > 0:
+                    self._cond.wait(delay)  # newer rounds may replace the pending one meanwhile
                 checkpoint, self._pending, self._busy = self._pending, None, True
+                self._started_at = time.monotonic()
             try:
                 self._write(checkpoint)
             except Exception as exc:

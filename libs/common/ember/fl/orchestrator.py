@@ -180,7 +180,9 @@ class Orchestrator:
                 self.result.metrics = dict(found[0].history[-1].get("metrics", {}))
             if self._tracker is not None:
                 self._tracker.log_history(found[0].history)
-        self._checkpoints = CheckpointWriter(store, keep=self.spec.training.checkpoints, on_saved=self._checkpoint_saved)
+        self._checkpoints = CheckpointWriter(
+            store, keep=self.spec.training.checkpoints, interval=self.spec.training.checkpoint_interval, on_saved=self._checkpoint_saved
+        )
 
     async def _replay_rounds(self) -> None:
         """Resuming: publish again the checkpoint's latest rounds. A round is published once the
