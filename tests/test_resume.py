@@ -70,6 +70,13 @@ async def test_a_killed_aggregator_is_resumed_by_a_new_one(tmp_path, mqtt_broker
         plain.start_aggregator()
         assert plain.wait(f"{plain.job}-agg", timeout=120) == 0
         expected = plain.final()
+        # killed after its last round but before its result: the next one only gives the result
+        again = f"{plain.job}-agg-g2"
+        plain.start_aggregator(again)
+        await assert_eventually(lambda: plain.procs[again].poll() is not None, timeout=120, message="the last aggregator did not finish")
+        assert plain.procs[again].returncode == 0, "\n".join(plain.output(again)[-20:])
+        assert any(f'"round": {ROUNDS}' in line for line in plain.output(again) if "aggregator.resume" in line)
+        assert not any('"aggregator.round"' in line for line in plain.output(again))
     finally:
         plain.close()
 

@@ -120,8 +120,9 @@ class Orchestrator:
                 self.result.mlflow_run_id = await asyncio.to_thread(self._tracker.start)
             await asyncio.to_thread(self._open_checkpoints)
             await self._replay_rounds()
-            live = await self.grid.wait_ready(self.spec.training.round_timeout)
-            self.log.info("aggregator.start", learners=live, rounds=self.spec.training.rounds, strategy=self.spec.training.strategy)
+            if not self._trained():  # else the previous aggregator died between its last round and its result
+                live = await self.grid.wait_ready(self.spec.training.round_timeout)
+                self.log.info("aggregator.start", learners=live, rounds=self.spec.training.rounds, strategy=self.spec.training.strategy)
             await asyncio.to_thread(self._train)
             self.result.ok = True
             await self._publish_result()
@@ -184,6 +185,10 @@ class Orchestrator:
             store, keep=self.spec.training.checkpoints, interval=self.spec.training.checkpoint_interval, on_saved=self._checkpoint_saved
         )
 
+    def _trained(self) -> bool:
+        """The checkpoint to resume from holds the last round: only the result is left to give."""
+        return self.resumed_from is not None and self.resumed_from.round >= self.spec.training.rounds
+
     async def _replay_rounds(self) -> None:
         """Resuming: publish again the checkpoint's latest rounds. A round is published once the
         next one starts, so the rounds just before the checkpoint may never have left the previous
@@ -217,9 +222,12 @@ class Orchestrator:
         self.grid.on_round_start = lambda _number: self._report_finished()
         try:
             writer = self._checkpoints
-            run_model_manager(
-                self.grid, manager, self.spec, self._round_done, resume=self.resumed_from, on_checkpoint=writer.submit if writer else None
-            )
+            if self._trained() and self.resumed_from is not None:
+                manager.set_parameters(self.resumed_from.parameters)
+            else:
+                run_model_manager(
+                    self.grid, manager, self.spec, self._round_done, resume=self.resumed_from, on_checkpoint=writer.submit if writer else None
+                )
         except BaseException:
             self._report_finished(check=False)  # the rounds that did finish still count
             raise
