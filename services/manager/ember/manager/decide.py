@@ -8,7 +8,11 @@ stale view is harmless: the log ignores an id it already holds, and a job has on
   (an actor that already exited ok counts: it ran).
 - aggregator `exited` (code 0) -> `succeeded` (preceded by `running` if that was never recorded,
   e.g. the manager was down while the whole job ran).
-- aggregator `failed`/`lost` -> `failed`, with its log tail.
+- aggregator `lost`, or `failed` abnormally (`ember.recovery.recoverable`) -> `recovering`
+  (`JobRecovering`, once per generation; the notifier then re-places it and the job stays
+  `recovering` until the new generation's actors run, then `running`), or `failed` naming
+  every attempt once `training.max_recoveries` are used up.
+- aggregator `failed` otherwise -> `failed`, with its log tail.
 - learners of the current generation that are not failed/lost < `learners.min` -> `failed`,
   naming the failed learner, its exit code and its log tail.
 """
@@ -20,6 +24,7 @@ from pydantic import ValidationError
 from ember.events import ActorState, Event, JobFailed, JobRunning, JobState, JobSucceeded, fact_id
 from ember.jobspec import LearnerSpec
 from ember.projection import TERMINAL_EVENT, ActorView, JobView
+from ember.recovery import awaiting_placement, recover, recoverable
 
 REACHED_RUNNING = (ActorState.RUNNING, ActorState.EXITED)
 DOWN = (ActorState.FAILED, ActorState.LOST)
@@ -58,19 +63,23 @@ def with_tail(reason: str, actor: ActorView, lines: int) -> str:
 
 def decide(job: JobView, *, tail_lines: int = 20) -> list[Decision]:
     """Transitions the manager owes `job` now, in the order they must be appended."""
-    if job.state not in (JobState.DEPLOYING, JobState.RUNNING) or job.generation == 0:
+    if job.state not in (JobState.DEPLOYING, JobState.RUNNING, JobState.RECOVERING) or job.generation == 0:
         return []
+    if awaiting_placement(job):
+        return []  # the notifier re-places the lost aggregator
     actors = job.current_actors()
     if not actors:
         return []
     terminal = fact_id(job.id, TERMINAL_EVENT)
     running_id = fact_id(job.id, "running", job.generation)
     aggregator = job.aggregator()
+    if aggregator is not None and recoverable(aggregator):
+        return [recover(job, describe(aggregator))]
     if aggregator is not None and aggregator.state in DOWN:
         return [(terminal, JobFailed(reason=with_tail(describe(aggregator), aggregator, tail_lines)))]
     if aggregator is not None and aggregator.state == ActorState.EXITED:
         out: list[Decision] = []
-        if job.state == JobState.DEPLOYING:
+        if job.state in (JobState.DEPLOYING, JobState.RECOVERING):
             out.append((running_id, JobRunning(reason="actors ran; aggregator finished")))
         metrics = job.result.get("metrics") or (dict(job.rounds[-1].get("metrics", {})) if job.rounds else {})
         tracked = {k: job.result[k] for k in ("mlflow_run_id", "model_version") if job.result.get(k)}
@@ -86,6 +95,8 @@ def decide(job: JobView, *, tail_lines: int = 20) -> list[Decision]:
         if len(down) > 1:
             reason += " (also down: " + ", ".join(a.actor for a in down[1:]) + ")"
         return [(terminal, JobFailed(reason=with_tail(reason, first, tail_lines)))]
-    if job.state == JobState.DEPLOYING and all(a.state in REACHED_RUNNING for a in actors):
+    if job.state in (JobState.DEPLOYING, JobState.RECOVERING) and all(a.state in REACHED_RUNNING for a in actors):
+        if job.state == JobState.RECOVERING:
+            return [(running_id, JobRunning(reason=f"resumed from the latest checkpoint on {aggregator.node if aggregator else '?'}"))]
         return [(running_id, JobRunning(reason=f"all {len(actors)} actors running"))]
     return []

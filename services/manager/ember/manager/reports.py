@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ember.envelope import Envelope
-from ember.events import ActorReport, ActorState, ActorStateChanged, Event, JobResult, ResultReported, RoundCompleted, fact_id
+from ember.events import ActorReport, ActorState, ActorStateChanged, CheckpointSaved, Event, JobResult, ResultReported, RoundCompleted, fact_id
 from ember.projection import JobView
 
 ORDER = {
@@ -68,24 +68,32 @@ def actor_event(report: ActorReport, job: JobView | None) -> tuple[str, ActorSta
     return fact_id(report.job, report.actor, report.state.value), event
 
 
-def parse_progress(envelope: Envelope) -> RoundCompleted | JobResult:
-    """A progress report: a `RoundCompleted`, or the `JobResult` at the end of training."""
+Progress = RoundCompleted | CheckpointSaved | JobResult
+
+
+def parse_progress(envelope: Envelope) -> Progress:
+    """A progress report: a `RoundCompleted`, a `CheckpointSaved`, or the `JobResult` at the end of training."""
     if envelope.type == RoundCompleted.__name__:
         return RoundCompleted.model_validate(envelope.data)
+    if envelope.type == CheckpointSaved.__name__:
+        return CheckpointSaved.model_validate(envelope.data)
     if envelope.type == JobResult.__name__:
         return JobResult.model_validate(envelope.data)
     raise ValueError(f"expected a RoundCompleted or JobResult envelope on a progress topic, got {envelope.type!r}")
 
 
-def progress_event(report: RoundCompleted | JobResult, job: JobView | None, job_id: str, source: str = "") -> tuple[str, Event] | Skip:
-    """For a known job: a round as `{job}:round:{n}`, the final result as `{job}:result` (its
-    metrics, MLflow run and model version). `source` is the publishing actor: an aggregator a
+def progress_event(report: Progress, job: JobView | None, job_id: str, source: str = "") -> tuple[str, Event] | Skip:
+    """For a known job: a round as `{job}:round:{n}`, a checkpoint as
+    `{job}:checkpoint:{n}:{digest prefix}`, the final result as `{job}:result` (its metrics,
+    MLflow run and model version). `source` is the publishing actor: an aggregator a
     re-placement fenced is not heard."""
     if job is None:
         return Skip(f"unknown job {job_id}")
     sender = job.actors.get(source)
     if sender is not None and sender.generation < job.generation:
         return Skip(f"fenced: {source} is of generation {sender.generation}, the job is at {job.generation}")
+    if isinstance(report, CheckpointSaved):
+        return fact_id(job_id, "checkpoint", report.round, report.digest[:16]), report
     if not isinstance(report, RoundCompleted):
         return fact_id(job_id, "result"), ResultReported(**report.model_dump())
     if report.round < 1:
