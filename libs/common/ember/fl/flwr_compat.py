@@ -37,7 +37,7 @@ from importlib.metadata import version as _dist_version
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Error, Message
+from flwr.app import Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.serde import message_from_proto, message_to_proto, metadata_to_proto, recorddict_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
@@ -79,6 +79,7 @@ __all__ = [
     "message_from_bytes",
     "message_to_bytes",
     "message_parts",
+    "message_pieces",
     "messages_to_bytes",
     "run_config_from_dir",
     "set_message_id",
@@ -125,6 +126,27 @@ def message_parts(messages: Sequence[Message]) -> list[tuple[bytes, bytes]]:
         key = id(message.content)
         if key not in shared:
             shared[key] = ProtoMessage(content=recorddict_to_proto(message.content)).SerializeToString()
+        out.append((ProtoMessage(metadata=metadata_to_proto(message.metadata)).SerializeToString(), shared[key]))
+    return out
+
+
+def message_pieces(messages: Sequence[Message]) -> list[tuple[bytes, list[bytes]]]:
+    """Like `message_parts`, with each content as one protobuf piece per record (their
+    concatenation parses as the whole content: a repeated field's items append), so a record
+    sent before (the model) can be referenced apart from one that changed (the config). A
+    content shared by several messages is serialised once and is the same list object."""
+    shared: dict[int, list[bytes]] = {}
+    out: list[tuple[bytes, list[bytes]]] = []
+    for message in messages:
+        if message.has_error() or not message.has_content():
+            out.append((message_to_bytes(message), []))
+            continue
+        key = id(message.content)
+        if key not in shared:
+            shared[key] = [
+                ProtoMessage(content=recorddict_to_proto(RecordDict({name: record}))).SerializeToString()
+                for name, record in message.content.items()
+            ]
         out.append((ProtoMessage(metadata=metadata_to_proto(message.metadata)).SerializeToString(), shared[key]))
     return out
 

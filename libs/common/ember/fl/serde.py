@@ -22,6 +22,10 @@ The header is a JSON object whose `k` (kind) is one of:
   An empty retained payload clears the status (a learner's clean exit).
 - `ping` (aggregator -> learner): "announce yourself again if you are ready".
 - `done` (aggregator -> learner): training is over (`ok` true/false); the learner exits.
+- `miss` (learner -> aggregator): the transfer `t` referenced content this learner does not
+  hold (`ember.fl.content`); the aggregator resends the learner's message in full.
+
+A `msg` chunk may also carry `c`, the piece table of its message's content (`ember.fl.content`).
 
 A *cast* (`jobs/{job}/fl/cast`, aggregator -> every learner) carries one Flower content for
 several learners at once: its `msg` chunks join to `pack_cast` bytes, a table of each addressed
@@ -43,7 +47,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from ember.envelope import DecodeError
 
@@ -54,8 +58,8 @@ _U16 = struct.Struct(">H")
 CHUNK_BYTES = 512 * 1024
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024 * 1024
 MAX_CHUNKS = MAX_MESSAGE_BYTES // CHUNK_BYTES
-Kind = Literal["msg", "ready", "gone", "ping", "done"]
-KINDS = ("msg", "ready", "gone", "ping", "done")
+Kind = Literal["msg", "ready", "gone", "ping", "done", "miss"]
+KINDS = ("msg", "ready", "gone", "ping", "done", "miss")
 
 
 class FrameError(DecodeError):
@@ -100,17 +104,35 @@ def decode_frame(payload: bytes) -> Frame:
     return Frame(kind, header, bytes(payload[end:]))
 
 
-def chunk_message(data: bytes, *, reply_to: str | None = None, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """Split a serialised Flower message into `msg` frames (one if it is small)."""
+def chunk_message(
+    data: bytes,
+    *,
+    reply_to: str | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    transfer: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Iterator[bytes]:
+    """Split a serialised Flower message into `msg` frames (one if it is small); `extra` header
+    fields (e.g. the piece table `c`) go on every chunk, so any chunk describes the transfer."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise ValueError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    transfer = uuid.uuid4().hex
+    transfer = transfer or uuid.uuid4().hex
     count = max(1, -(-len(data) // chunk_bytes))
+    view = memoryview(data)
     for index in range(count):
-        header: dict[str, Any] = {"t": transfer, "i": index, "n": count, "size": len(data)}
+        header: dict[str, Any] = {"t": transfer, "i": index, "n": count, "size": len(data), **(extra or {})}
         if reply_to is not None:
             header["re"] = reply_to
-        yield Frame("msg", header, data[index * chunk_bytes : (index + 1) * chunk_bytes]).to_bytes()
+        head = json.dumps({"k": "msg", **header}, separators=(",", ":")).encode()
+        yield b"".join((_PREFIX.pack(MAGIC, len(head)), head, view[index * chunk_bytes : (index + 1) * chunk_bytes]))
+
+
+class Whole(NamedTuple):
+    """A reassembled message: its bytes, the id it answers, and its first chunk's header."""
+
+    data: bytes
+    reply_to: str | None
+    header: dict[str, Any]
 
 
 @dataclass
@@ -118,6 +140,7 @@ class _Partial:
     count: int
     size: int
     reply_to: str | None
+    header: dict[str, Any]
     parts: dict[int, bytes] = field(default_factory=dict)
 
 
@@ -132,6 +155,11 @@ class Reassembler:
 
     def feed(self, frame: Frame) -> tuple[bytes, str | None] | None:
         """Add one `msg` frame; returns `(message bytes, reply_to)` when the message is whole."""
+        whole = self.feed_whole(frame)
+        return None if whole is None else (whole.data, whole.reply_to)
+
+    def feed_whole(self, frame: Frame) -> Whole | None:
+        """Add one `msg` frame; returns the `Whole` message (with its header) once complete."""
         h = frame.header
         try:
             transfer, index, count, size = str(h["t"]), int(h["i"]), int(h["n"]), int(h["size"])
@@ -143,10 +171,10 @@ class Reassembler:
         if count == 1:
             if len(frame.body) != size:
                 raise FrameError(f"chunk holds {len(frame.body)} bytes, header says {size}")
-            return frame.body, reply_to
+            return Whole(frame.body, reply_to, h)
         partial = self._partial.get(transfer)
         if partial is None:
-            partial = self._partial[transfer] = _Partial(count, size, reply_to)
+            partial = self._partial[transfer] = _Partial(count, size, reply_to, h)
             while len(self._partial) > self.max_partial:
                 self._partial.popitem(last=False)
                 self.dropped += 1
@@ -160,7 +188,7 @@ class Reassembler:
         data = b"".join(partial.parts[i] for i in range(count))
         if len(data) != size:
             raise FrameError(f"transfer {transfer[:12]} joined to {len(data)} bytes, header says {size}")
-        return data, partial.reply_to
+        return Whole(data, partial.reply_to, partial.header)
 
 
 def pack_cast(heads: dict[str, bytes], content: bytes) -> bytes:
