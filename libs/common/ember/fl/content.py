@@ -114,12 +114,13 @@ class ContentCache:
             kept: dict[str, bytes | memoryview] = {}
             for key, length, inline in table:
                 if inline:
-                    piece: bytes | memoryview | None = view[offset : offset + int(length)]
+                    piece: bytes | memoryview = view[offset : offset + int(length)]
                     offset += int(length)
                 else:
-                    piece = self._pieces.get(str(key))
-                    if piece is None or len(piece) != int(length):
+                    held = self._pieces.get(str(key))
+                    if held is None or len(held) != int(length):
                         return None
+                    piece = held
                 parts.append(piece)
                 if key is not None:
                     kept[str(key)] = piece
