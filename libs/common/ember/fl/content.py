@@ -99,18 +99,19 @@ class ContentCache:
     def __init__(self) -> None:
         self._pieces: dict[str, bytes | memoryview] = {}
 
-    def resolve(self, data: bytes, table: Table | None) -> bytes | None:
-        """The whole message from a received one (`head + inline pieces`) and its piece table;
-        None when it references a piece this learner does not hold. Without a table, `data`."""
+    def resolve(self, data: bytes | bytearray | memoryview, table: Table | None, *, head: bytes = b"") -> bytes | None:
+        """The whole message from a received one (`head + data`, the inline pieces ending `data`)
+        and its piece table, joined once; None when it references a piece this learner does not
+        hold. Without a table, `head + data`."""
         if not table:
-            return data
+            return head + data if head else bytes(data)
         try:
             inline_bytes = sum(int(length) for _, length, inline in table if inline)
             if inline_bytes > len(data):
                 raise ValueError("piece table longer than the message")
             view = memoryview(data)
             offset = len(data) - inline_bytes
-            parts: list[bytes | memoryview] = [view[:offset]]
+            parts: list[bytes | memoryview] = [head, view[:offset]]
             kept: dict[str, bytes | memoryview] = {}
             for key, length, inline in table:
                 if inline:

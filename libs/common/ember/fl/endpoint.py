@@ -35,7 +35,7 @@ from ember.bus import Bus
 from ember.bus import Message as BusMessage
 from ember.fl import flwr_compat as compat
 from ember.fl.content import ContentCache
-from ember.fl.serde import FrameError, Reassembler, chunk_message, decode_frame, signal, unpack_cast
+from ember.fl.serde import FrameError, Reassembler, cast_parts, chunk_message, decode_frame, signal
 from ember.log import get_logger
 
 ClientAppLike = Callable[[Message, Context], Message]
@@ -162,16 +162,16 @@ class LearnerEndpoint:
         whole = self._cast_chunks.feed_whole(frame)
         if whole is None:
             return
-        mine = unpack_cast(whole.data, self.actor)
+        mine = cast_parts(whole.data, self.actor)
         if mine is None:
             self.bus.stats["casts_not_addressed"] += 1  # the aggregator sampled other learners
         else:
-            await self._received(mine, whole.header)
+            await self._received(mine[1], whole.header, head=mine[0])
 
-    async def _received(self, data: bytes, header: dict[str, Any]) -> None:
-        """Queue a whole message, its referenced content filled in from the cache; if this
-        learner lacks that content, ask the aggregator for the message in full (`miss`)."""
-        message = self._content.resolve(data, header.get("c"))
+    async def _received(self, data: bytes | bytearray | memoryview, header: dict[str, Any], *, head: bytes = b"") -> None:
+        """Queue a whole message (`head + data`), its referenced content filled in from the cache;
+        if this learner lacks that content, ask the aggregator for the message in full (`miss`)."""
+        message = self._content.resolve(data, header.get("c"), head=head)
         if message is None:
             self.bus.stats["content_misses"] += 1
             await self.bus.publish(self._up, signal("miss", t=header.get("t")))

@@ -47,7 +47,7 @@ from ember.errors import EmberError
 from ember.fl import flwr_compat as compat
 from ember.fl.content import ContentBook
 from ember.fl.rounds import RoundBook, round_key
-from ember.fl.serde import FrameError, Kind, Reassembler, chunk_message, decode_frame, pack_cast, signal
+from ember.fl.serde import FrameError, Kind, Reassembler, cast_table, chunk_message, decode_frame, signal
 from ember.log import get_logger
 
 T = TypeVar("T")
@@ -250,11 +250,8 @@ class MqttGrid(Grid):
         extra = {"c": table} if pieces else None
         if len(inline) < len(pieces):
             self.content.keep(transfer, {actor: (head, pieces) for actor, head in heads.items()})
-        if cast:
-            data = pack_cast(heads, b"".join(inline))
-        else:
-            data = b"".join([*heads.values(), *inline])
-        return _Publish(list(heads), list(chunk_message(data, transfer=transfer, extra=extra)), cast=cast)
+        buffers = [cast_table(heads), *inline] if cast else [*heads.values(), *inline]  # chunked, never joined
+        return _Publish(list(heads), list(chunk_message(buffers, transfer=transfer, extra=extra)), cast=cast)
 
     async def _resend(self, actor: str, transfer: str) -> None:
         """A learner lacked content a transfer referenced: send it its message in full."""
@@ -265,7 +262,7 @@ class MqttGrid(Grid):
             return
         head, pieces, table = full
         self.log.info("grid.content_resent", actor=actor)
-        for frame in chunk_message(b"".join([head, *pieces]), extra={"c": table}):
+        for frame in chunk_message([head, *pieces], extra={"c": table}):
             await self.bus.publish(self._down(actor), frame)
 
     def _rounds_started(self, batch: _Batch) -> None:
@@ -459,7 +456,7 @@ class MqttGrid(Grid):
             if pending is None or pending.actor != actor or pending.future.done():
                 self.stats["late_or_unknown_replies"] += 1
                 return
-            pending.future.set_result(self._decoded(data))
+            pending.future.set_result(self._decoded(bytes(data)))  # the reply's buffer is freed at once
             self.stats["replies"] += 1
         else:
             raise FrameError(f"unexpected {frame.kind!r} frame from learner {actor}")
