@@ -109,6 +109,8 @@ class TrainingSpec(_Spec):
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
     round_timeout: float = Field(120.0, gt=0)
     seed: int = 0
+    update_codec: Literal["none", "float16", "int8"] = "none"
+    """How learners encode their updates to the aggregator (`ember.fl.codecs`); `none` is exact."""
 
     @field_validator("strategy")
     @classmethod

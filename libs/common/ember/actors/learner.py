@@ -65,6 +65,7 @@ async def run(settings: object) -> int:
         code_dir=code_dir or None,
     )
     bus, endpoint = learner_bus(settings.resolved_mqtt_url(), root=settings.topic_root, job=job, actor=actor, keepalive=settings.keepalive)
+    endpoint.codec = spec.training.update_codec
     stopped = False
 
     def on_sigterm() -> None:

@@ -34,6 +34,7 @@ from ember import topics
 from ember.bus import Bus
 from ember.bus import Message as BusMessage
 from ember.fl import flwr_compat as compat
+from ember.fl.codecs import encode_message
 from ember.fl.content import ContentCache
 from ember.fl.serde import FrameError, Reassembler, cast_parts, chunk_message, decode_frame, signal
 from ember.log import get_logger
@@ -73,6 +74,8 @@ class LearnerEndpoint:
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._chunks = Reassembler()
         self._cast_chunks = Reassembler()
+        self.codec = "none"
+        """The update codec applied to replies (`training.update_codec`, `ember.fl.codecs`)."""
         self._content = ContentCache()
         """The last content received, so the aggregator can send references (`ember.fl.content`)."""
         self._last_s: dict[str, float] = {}
@@ -228,6 +231,7 @@ class LearnerEndpoint:
                 self.log.exception("learner.clientapp_failed", type=message.metadata.message_type)
             reply = compat.error_reply(message, compat.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}")
         compat.set_message_id(reply, uuid.uuid4().hex)
+        encode_message(reply, self.codec)
         return compat.message_to_bytes(reply), message.metadata.message_id, message.metadata.message_type, error
 
 

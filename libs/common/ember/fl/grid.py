@@ -45,6 +45,7 @@ from ember.bus import Bus
 from ember.bus import Message as BusMessage
 from ember.errors import EmberError
 from ember.fl import flwr_compat as compat
+from ember.fl.codecs import decode_message
 from ember.fl.content import ContentBook
 from ember.fl.rounds import RoundBook, round_key
 from ember.fl.serde import FrameError, Kind, Reassembler, cast_table, chunk_message, decode_frame, signal
@@ -414,6 +415,7 @@ class MqttGrid(Grid):
             self.book.replied(group, pending.actor, ok=False)
             return compat.error_reply(pending.message, compat.NODE_UNAVAILABLE, reason)
         reply = data if isinstance(data, Message) else compat.message_from_bytes(data)
+        decode_message(reply)  # undo a learner's update codec (ember.fl.codecs)
         if reply.has_error():
             self.book.replied(group, pending.actor, ok=False)
             self.log.warning("grid.error_reply", actor=pending.actor, code=reply.error.code, reason=(reply.error.reason or "")[:300])
