@@ -95,7 +95,8 @@ async def _ember_server(url: str, mb: float, rounds: int) -> dict[str, Any]:
 
         await asyncio.to_thread(drive)
         await grid.signal_all("done", ok=True)
-        return {"round_seconds": [b - a for a, b in zip(marks, marks[1:])], "referenced_mb": getattr(getattr(grid, "content", None), "referenced_bytes", 0) / 2**20, "stats": dict(grid.stats)}
+        seconds = [b - a for a, b in zip(marks, marks[1:], strict=False)]
+        return {"round_seconds": seconds, "referenced_mb": grid.content.referenced_bytes / 2**20, "stats": dict(grid.stats)}
 
 
 def ember_learner(url: str, actor: str, codec: str) -> None:
@@ -120,8 +121,7 @@ def ember_learner(url: str, actor: str, codec: str) -> None:
 
     async def serve() -> None:
         bus, endpoint = learner_bus(url, root="ember/v1", job="big", actor=actor)
-        if codec != "none":
-            endpoint.codec = codec
+        endpoint.codec = codec
         async with bus:
             await endpoint.run(lambda: (app, learner_context(1, node_id_for(actor), int(actor.rsplit("-", 1)[1]), NODES)))
 

@@ -100,3 +100,22 @@ async def test_same_model_goes_once_and_a_restarted_learner_gets_it_in_full(mqtt
             assert grid.stats["content_misses"] == 1
             await grid.signal_all("done", ok=True)
             await asyncio.wait_for(asyncio.gather(*serving), 10)
+
+
+def test_a_record_sent_again_unchanged_is_not_serialised_again_a_changed_one_is():
+    from flwr.app import Array
+
+    compat.set_task_identity(run_id=1, node_id=compat.AGGREGATOR_NODE_ID)
+    memo, arrays = compat.PieceMemo(), model()
+
+    def pieces(number: int) -> list[bytes]:
+        content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": number})})
+        return compat.message_pieces([Message(content, 5, "train")], memo)[0][1]
+
+    first, again = pieces(1), pieces(2)
+    assert again[0] is first[0] and again[1] != first[1]  # the model reused, the config new
+    arrays["1"] = Array(np.zeros(3, dtype=np.float32))  # the record changed in place
+    changed = pieces(3)
+    assert changed[0] is not first[0]
+    whole = compat.message_from_bytes(b"".join([compat.message_parts([Message(RecordDict(), 5, "train")])[0][0], *changed]))
+    assert np.array_equal(whole.content["arrays"]["1"].numpy(), np.zeros(3, dtype=np.float32))

@@ -51,13 +51,15 @@ class ContentBook:
         self._has: dict[str, set[str]] = {}
         self._kept: OrderedDict[str, dict[str, tuple[bytes, list[bytes]]]] = OrderedDict()
         self._lock = threading.Lock()
+        self._digests: OrderedDict[int, tuple[bytes, str]] = OrderedDict()
+        """Digests of recent pieces by identity (a piece object sent again is not hashed again)."""
         self.referenced_bytes = 0
         """Bytes not sent because the learners had them (a counter for stats)."""
 
     def plan(self, actors: Sequence[str], pieces: Sequence[bytes], table: Table | None = None) -> tuple[Table, list[bytes]]:
         """The piece table and the inline pieces for `pieces` sent to `actors` (records that the
         actors now hold them). Pass `table` (from `piece_table`) to reuse digests."""
-        table = [list(entry) for entry in (table or piece_table(pieces))]
+        table = [list(entry) for entry in (table or self.table(pieces))]
         with self._lock:
             held = [self._has.get(actor, set()) for actor in actors]
             inline = []
@@ -71,6 +73,22 @@ class ContentBook:
             for actor in actors:
                 self._has[actor] = now
         return table, inline
+
+    def table(self, pieces: Sequence[bytes]) -> Table:
+        """`piece_table(pieces)`, reusing the digest of a piece object hashed recently."""
+        table = []
+        for piece in pieces:
+            known = self._digests.get(id(piece))
+            if known is not None and known[0] is piece:
+                table.append([known[1], len(piece), True])
+                continue
+            entry = piece_table([piece])[0]
+            if entry[0] is not None:
+                self._digests[id(piece)] = (piece, entry[0])
+                while len(self._digests) > KEEP_TRANSFERS:
+                    self._digests.popitem(last=False)
+            table.append(entry)
+        return table
 
     def keep(self, transfer: str, messages: dict[str, tuple[bytes, list[bytes]]]) -> None:
         """Remember the full `(head, pieces)` of each actor's message in a transfer with references."""

@@ -143,6 +143,8 @@ class MqttGrid(Grid):
         are on their way (so what it does, e.g. reporting the previous round, overlaps the round);
         in `send_and_receive`, when the last exchanges were quick (`QUICK_EXCHANGE_S`), once this
         one's replies are in instead."""
+        self._memo = compat.PieceMemo()
+        """Records sent recently, serialised (one sent again unchanged is not serialised again)."""
         self.content = ContentBook()
         """What each learner holds, so content it has goes as a reference (`ember.fl.content`)."""
         self._exchange_s: deque[float] = deque(maxlen=4)
@@ -224,7 +226,7 @@ class MqttGrid(Grid):
                 raise ValueError(f"unknown destination node {message.metadata.dst_node_id}")
             compat.set_message_id(message, uuid.uuid4().hex)
             batch.messages.append((message.metadata.message_id, actor, message, self.book.sent(round_key(message))))
-        parts = compat.message_pieces(messages)
+        parts = compat.message_pieces(messages, self._memo)
         sharing: dict[int, list[int]] = {}
         for index, (_, pieces) in enumerate(parts):
             if pieces:
