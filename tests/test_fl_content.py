@@ -119,3 +119,48 @@ def test_a_record_sent_again_unchanged_is_not_serialised_again_a_changed_one_is(
     assert changed[0] is not first[0]
     whole = compat.message_from_bytes(b"".join([compat.message_parts([Message(RecordDict(), 5, "train")])[0][0], *changed]))
     assert np.array_equal(whole.content["arrays"]["1"].numpy(), np.zeros(3, dtype=np.float32))
+
+
+async def test_fedavg_final_parameters_are_bit_identical_with_and_without_references(mqtt_broker):
+    from flwr.app import MetricRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    app = ClientApp()
+
+    @app.train()
+    def train(message: Message, context) -> Message:
+        shift = np.float32(context.node_config["partition-id"] + 0.1 * message.content["config"]["server-round"])
+        arrays = [a * np.float32(0.9) + shift for a in message.content["arrays"].to_numpy_ndarrays()]
+        metrics = MetricRecord({"num-examples": 10 + int(context.node_config["partition-id"])})
+        return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics}), reply_to=message)
+
+    @app.evaluate()
+    def evaluate(message: Message, context) -> Message:
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 10})}), reply_to=message)
+
+    async def run(job: str, references: bool) -> tuple[list[bytes], int]:
+        actors = ["learner-a", "learner-b"]
+        agg_bus = Bus(mqtt_broker.url, client_id=f"agg-{job}")
+        grid = MqttGrid(agg_bus, job=job, learners=actors, minimum=2, run_id=1)
+        grid.content.enabled = references
+        learners = [learner_bus(mqtt_broker.url, root="ember/v1", job=job, actor=a) for a in actors]
+        async with agg_bus, learners[0][0], learners[1][0]:
+            serving = [
+                asyncio.create_task(endpoint.run(lambda i=i: (app, learner_context(1, node_id_for(actors[i]), i, 2))))
+                for i, (_, endpoint) in enumerate(learners)
+            ]
+            await grid.wait_ready(10)
+
+            def drive():
+                compat.set_task_identity(run_id=1, node_id=compat.AGGREGATOR_NODE_ID)
+                return FedAvg().start(grid=grid, initial_arrays=model(), num_rounds=3)
+
+            result = await asyncio.to_thread(drive)
+            await grid.signal_all("done", ok=True)
+            await asyncio.wait_for(asyncio.gather(*serving), 10)
+        return [a.tobytes() for a in result.arrays.to_numpy_ndarrays()], grid.content.referenced_bytes
+
+    with_refs, referenced = await run("bits-on", True)
+    without, none = await run("bits-off", False)
+    assert referenced > 0 and none == 0
+    assert with_refs == without

@@ -53,6 +53,8 @@ class ContentBook:
         self._lock = threading.Lock()
         self._digests: OrderedDict[int, tuple[bytes, str]] = OrderedDict()
         """Digests of recent pieces by identity (a piece object sent again is not hashed again)."""
+        self.enabled = True
+        """False: every piece goes inline (references off, e.g. to compare runs)."""
         self.referenced_bytes = 0
         """Bytes not sent because the learners had them (a counter for stats)."""
 
@@ -64,7 +66,7 @@ class ContentBook:
             held = [self._has.get(actor, set()) for actor in actors]
             inline = []
             for entry, piece in zip(table, pieces, strict=True):
-                if entry[0] is not None and held and all(entry[0] in h for h in held):
+                if self.enabled and entry[0] is not None and held and all(entry[0] in h for h in held):
                     entry[2] = False
                     self.referenced_bytes += len(piece)
                 else:
