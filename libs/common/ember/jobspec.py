@@ -110,6 +110,8 @@ class TrainingSpec(_Spec):
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
     round_timeout: float = Field(120.0, gt=0)
     seed: int = 0
+    update_codec: Literal["none", "float16", "int8"] = "none"
+    """How learners encode their updates to the aggregator (`ember.fl.codecs`); `none` is exact."""
     checkpoints: int = Field(3, ge=0, le=1000)
     """Checkpoints kept per job (the newest; 0: none, and a resumed job starts over)."""
     checkpoint_interval: float = Field(2.0, ge=0, le=86_400)
