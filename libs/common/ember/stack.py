@@ -1,4 +1,5 @@
-"""The local stack: a private Mosquitto, the control plane and N flamelets, each its own OS process.
+"""The local stack: a private Mosquitto, MLflow's tracking server, the control plane and N
+flamelets, each its own OS process.
 
 Used by `ember up`, the end-to-end tests, the demo and the benchmarks:
 
@@ -7,9 +8,17 @@ Used by `ember up`, the end-to-end tests, the demo and the benchmarks:
         stack.restart("manager")                  # ... and start it again
     # ordered shutdown: flamelets, then mldata and services, broker last
 
-Process names: `mosquitto`, `manager`, `builder`, `notifier`, `node-1..N` (flamelets, node id
-`node-i`) and `mldata-1..N` (the node's mldata). Every line a process prints goes to
+Process names: `mosquitto`, `mlflow`, `manager`, `builder`, `notifier`, `node-1..N` (flamelets,
+node id `node-i`) and `mldata-1..N` (the node's mldata). Every line a process prints goes to
 `$EMBER_HOME/logs/<name>.log` and, when `echo` is set, to `echo` prefixed by the name.
+
+Tracking: unless the environment names a tracking server (`EMBER_MLFLOW_TRACKING_URI`), the stack
+runs MLflow's own (`ember.tracking_server`), started in parallel with the rest and waited for
+before the stack is ready; every service and actor gets its URL as `EMBER_MLFLOW_TRACKING_URI`,
+and `$EMBER_HOME/broker.json` records it for the CLI (`Settings.resolved_mlflow_uri`).
+
+`run_until_signal` (what `ember up` runs) also supervises: a process that exits unexpectedly is
+restarted with capped exponential backoff, and given up on after a crash loop (`RestartPolicy`).
 
 Process handling itself (spawn, output, signals, groups) is `ember.processes.ProcessGroup`:
 blocking work, so this class is synchronous; `async with` runs start/stop in a worker thread.
@@ -25,6 +34,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +45,8 @@ from ember.bus import Bus, Message
 from ember.errors import EmberError, RequestTimeout, Unavailable
 from ember.settings import Settings
 from ember.broker import mosquitto_binary, mosquitto_config
-from ember.processes import Proc, ProcessGroup, free_port, wait_for_port
+from ember.processes import Proc, ProcessGroup, RestartPolicy, free_port, wait_for_port
+from ember import tracking_server
 
 SERVICES = ("manager", "builder", "notifier")
 
@@ -61,7 +72,12 @@ class Stack:
     mqtt_port: int = 0
     services: tuple[str, ...] = SERVICES
     """Control-plane services to start (all three by default)."""
+    tracking: bool = True
+    """Run MLflow's tracking server (unless `EMBER_MLFLOW_TRACKING_URI` is set in `env`)."""
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     url: str = field(default="", init=False)
+    tracking_uri: str = field(default="", init=False)
+    """Where actors log to MLflow: the stack's server, the environment's URI, or `none`."""
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser().resolve()
@@ -115,11 +131,12 @@ class Stack:
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         self._refuse_second_stack()
         self._stopped = False
+        self._start_tracking()  # the slowest to start: first, so everything else overlaps it
         if self.mqtt_url:
             self.url = self.mqtt_url
         else:
             self._start_broker()
-        self.broker_file.write_text(json.dumps({"url": self.url, "pid": os.getpid()}) + "\n")
+        self.broker_file.write_text(json.dumps({"url": self.url, "pid": os.getpid(), "mlflow": self.tracking_uri}) + "\n")
         self._owns_state = True
         env = self._service_env()
         for name in self.services:
@@ -146,9 +163,19 @@ class Stack:
         return self.home / "nodes" / node / "data"
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        """Until the manager answers `nodes.list` with every flamelet online (or a process dies)."""
+        """Until the manager answers `nodes.list` with every flamelet online and the tracking
+        server answers (or a process dies)."""
         _run_in_thread(lambda: self._await_ready(timeout))
-        self.group.say("stack", f"ready: broker {self.url}, {self.flamelets} flamelet(s), home {self.home}")
+        nodes_ready = time.monotonic()
+        tracking = self.tracking_uri
+        if "mlflow" in self.procs:
+            try:
+                tracking_server.wait_healthy(self.tracking_uri, timeout=timeout, process=self.procs["mlflow"].popen)
+            except (RuntimeError, TimeoutError) as exc:
+                raise StackError(f"{exc}:\n{self.tail('mlflow')}") from None
+            late = time.monotonic() - nodes_ready
+            tracking += f" (answered {late:.1f}s after the nodes were up)" if late >= 0.1 else ""
+        self.group.say("stack", f"ready: broker {self.url}, MLflow {tracking}, {self.flamelets} flamelet(s), home {self.home}")
 
     def pid(self, name: str) -> int | None:
         return self.procs[name].pid if self.procs[name].alive() else None
@@ -193,16 +220,13 @@ class Stack:
                 self.mldata_file(node).unlink()
 
     def run_until_signal(self) -> int:
-        """Block until SIGINT/SIGTERM (or a process dies unexpectedly), then stop in order."""
+        """Block until SIGINT/SIGTERM, restarting processes that exit unexpectedly (see
+        `RestartPolicy`), then stop in order."""
         stop = threading.Event()
         previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-        reported: set[str] = set()
         try:
-            while not stop.wait(0.5):
-                for name, code in self.exited().items():
-                    if name not in reported:
-                        reported.add(name)
-                        self.group.say("stack", f"{name} exited with status {code} (restart it with `ember up` again)")
+            while not stop.wait(0.2):
+                self.group.supervise(self.restart_policy)
         finally:
             self.group.say("stack", "shutting down")
             self.stop()
@@ -233,6 +257,7 @@ class Stack:
             EMBER_HOME=str(self.home),
             EMBER_MQTT_URL=self.url,
             EMBER_EVENTLOG_URL=settings.resolved_eventlog_url(),
+            EMBER_MLFLOW_TRACKING_URI=self.tracking_uri,
             PYTHONUNBUFFERED="1",
         )
         env.setdefault("EMBER_LOG_FORMAT", "console" if self.color else "json")
@@ -251,6 +276,21 @@ class Stack:
         self.group.spawn(self.group.add("mosquitto", [binary, "-c", str(conf)], dict(self._base_env), group=0))
         self._wait_listening("mosquitto", self._broker_port, 30)
         self.url = f"mqtt://127.0.0.1:{self._broker_port}"
+
+    def _start_tracking(self) -> None:
+        """Start MLflow's server (not waited for here: it starts alongside the services) unless
+        the environment names a tracking URI, which is then used as is."""
+        given = self._base_env.get("EMBER_MLFLOW_TRACKING_URI", "")
+        if given or not self.tracking:
+            self.tracking_uri = given or "none"
+            return
+        if not tracking_server.available():
+            raise StackError("MLflow's tracking server needs the full `mlflow` package (pip install mlflow), "
+                             "or set EMBER_MLFLOW_TRACKING_URI to a server (`none` turns tracking off)")
+        port = free_port()
+        argv = tracking_server.server_argv(self.home, port)
+        self.group.spawn(self.group.add("mlflow", argv, tracking_server.server_env(self._base_env), group=0))
+        self.tracking_uri = f"http://127.0.0.1:{port}"
 
     def _add_mldata(self, index: int, node: str, env: dict[str, str]) -> tuple[int, str]:
         port, token = free_port(), secrets.token_urlsafe(24)

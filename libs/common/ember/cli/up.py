@@ -22,9 +22,10 @@ def up(
     grace: float = typer.Option(10.0, "--grace", min=0, help="Seconds each process gets to stop on Ctrl-C/SIGTERM before SIGKILL."),
     no_mldata: bool = typer.Option(False, "--no-mldata", help="Do not start an mldata per node."),
 ) -> None:
-    """Start a private Mosquitto, the manager, builder, notifier and N flamelets; Ctrl-C stops them in order.
+    """Start a private Mosquitto, MLflow's tracking server, the manager, builder, notifier and N flamelets;
+    restart any that crashes (with backoff); Ctrl-C stops them in order.
 
-    Other `ember` commands find this stack through `$EMBER_HOME/broker.json`, with no flags.
+    Other `ember` commands find this stack (broker, tracking server) through `$EMBER_HOME/broker.json`, with no flags.
     """
     from ember.stack import Stack
 
@@ -46,5 +47,5 @@ def up(
         fail(exc)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    err.print(f"Ember is up. In another terminal: [bold]ember node list[/], [bold]ember job submit examples/probe/job.yaml --wait[/]  (EMBER_HOME={home})")
+    err.print(f"Ember is up. In another terminal: [bold]ember node list[/], [bold]ember job submit examples/probe/job.yaml --wait[/]  (EMBER_HOME={home}; MLflow: {stack.tracking_uri})")
     raise typer.Exit(stack.run_until_signal())

@@ -8,9 +8,12 @@ stale view is harmless: the log ignores an id it already holds, and a job has on
   (an actor that already exited ok counts: it ran).
 - aggregator `exited` (code 0) -> `succeeded` (preceded by `running` if that was never recorded,
   e.g. the manager was down while the whole job ran).
-- aggregator `failed`/`lost` -> `failed`, with its log tail.
+- aggregator `failed`/`lost` -> `failed`, with the last line of its log tail.
 - learners of the current generation that are not failed/lost < `learners.min` -> `failed`,
-  naming the failed learner, its exit code and its log tail.
+  naming the failed learner, its exit code and the last line of its log tail.
+
+A `JobFailed` reason is one plain line of bounded length (`ember.reasons.one_line`); the actor's
+log tail stays in its own `ActorStateChanged.log_tail`, and the whole log on its node.
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ from pydantic import ValidationError
 from ember.events import ActorState, Event, JobFailed, JobRunning, JobState, JobSucceeded, fact_id
 from ember.jobspec import LearnerSpec
 from ember.projection import TERMINAL_EVENT, ActorView, JobView
+from ember.reasons import last_line, one_line
 
 REACHED_RUNNING = (ActorState.RUNNING, ActorState.EXITED)
 DOWN = (ActorState.FAILED, ActorState.LOST)
 
 Decision = tuple[str, Event]
+DESCRIBED_REASON = 200
+"""Characters of an actor's own reason quoted in a job's reason (which also names the count
+left and the actor's last output, within `ember.reasons.MAX_REASON`)."""
 
 
 def minimum_learners(job: JobView) -> int:
@@ -35,11 +42,6 @@ def minimum_learners(job: JobView) -> int:
         return 1
 
 
-def tail(text: str, lines: int) -> str:
-    kept = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])
-
-
 def describe(actor: ActorView) -> str:
     """`learner l1 on node-a failed with exit code 3 (reason)`."""
     how = actor.state.value
@@ -47,16 +49,17 @@ def describe(actor: ActorView) -> str:
         how += f" with exit code {actor.exit_code}"
     text = f"{actor.role.value} {actor.actor} on {actor.node} {how}"
     if actor.reason:
-        text += f" ({actor.reason})"
+        text += f" ({one_line(actor.reason, DESCRIBED_REASON)})"
     return text
 
 
-def with_tail(reason: str, actor: ActorView, lines: int) -> str:
-    excerpt = tail(actor.log_tail, lines)
-    return f"{reason}\n--- log tail of {actor.actor} ---\n{excerpt}" if excerpt else reason
+def with_tail(reason: str, actor: ActorView) -> str:
+    """`reason; last output: <the last line the actor printed>`, as one plain bounded line."""
+    last = last_line(actor.log_tail)
+    return one_line(f"{reason}; last output: {last}" if last else reason)
 
 
-def decide(job: JobView, *, tail_lines: int = 20) -> list[Decision]:
+def decide(job: JobView) -> list[Decision]:
     """Transitions the manager owes `job` now, in the order they must be appended."""
     if job.state not in (JobState.DEPLOYING, JobState.RUNNING) or job.generation == 0:
         return []
@@ -67,7 +70,7 @@ def decide(job: JobView, *, tail_lines: int = 20) -> list[Decision]:
     running_id = fact_id(job.id, "running", job.generation)
     aggregator = job.aggregator()
     if aggregator is not None and aggregator.state in DOWN:
-        return [(terminal, JobFailed(reason=with_tail(describe(aggregator), aggregator, tail_lines)))]
+        return [(terminal, JobFailed(reason=with_tail(describe(aggregator), aggregator)))]
     if aggregator is not None and aggregator.state == ActorState.EXITED:
         out: list[Decision] = []
         if job.state == JobState.DEPLOYING:
@@ -85,7 +88,7 @@ def decide(job: JobView, *, tail_lines: int = 20) -> list[Decision]:
         reason = f"{describe(first)}: {alive} learners left, minimum {minimum}"
         if len(down) > 1:
             reason += " (also down: " + ", ".join(a.actor for a in down[1:]) + ")"
-        return [(terminal, JobFailed(reason=with_tail(reason, first, tail_lines)))]
+        return [(terminal, JobFailed(reason=with_tail(reason, first)))]
     if job.state == JobState.DEPLOYING and all(a.state in REACHED_RUNNING for a in actors):
         return [(running_id, JobRunning(reason=f"all {len(actors)} actors running"))]
     return []
