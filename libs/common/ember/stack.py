@@ -13,9 +13,12 @@ node id `node-i`) and `mldata-1..N` (the node's mldata). Every line a process pr
 `$EMBER_HOME/logs/<name>.log` and, when `echo` is set, to `echo` prefixed by the name.
 
 Tracking: unless the environment names a tracking server (`EMBER_MLFLOW_TRACKING_URI`), the stack
-runs MLflow's own (`ember.tracking_server`), started in parallel with the rest and waited for
-before the stack is ready; every service and actor gets its URL as `EMBER_MLFLOW_TRACKING_URI`,
-and `$EMBER_HOME/broker.json` records it for the CLI (`Settings.resolved_mlflow_uri`).
+runs MLflow's own (`ember.tracking_server`); every service and actor gets its URL as
+`EMBER_MLFLOW_TRACKING_URI`, and `$EMBER_HOME/broker.json` records it for the CLI
+(`Settings.resolved_mlflow_uri`). The server is started first and takes several times longer than
+the rest of the stack to answer (docs/benchmarks.md, "Local stack start-up"), so the stack is ready
+without it: a thread waits for it and says when it answers (`await_tracking=True`, or
+`wait_tracking()`, waits before going on). Until then an aggregator's MLflow client retries.
 
 `run_until_signal` (what `ember up` runs) also supervises: a process that exits unexpectedly is
 restarted with capped exponential backoff, and given up on after a crash loop (`RestartPolicy`).
@@ -74,6 +77,8 @@ class Stack:
     """Control-plane services to start (all three by default)."""
     tracking: bool = True
     """Run MLflow's tracking server (unless `EMBER_MLFLOW_TRACKING_URI` is set in `env`)."""
+    await_tracking: bool = False
+    """`start` also waits until the tracking server answers."""
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     url: str = field(default="", init=False)
     tracking_uri: str = field(default="", init=False)
@@ -163,19 +168,26 @@ class Stack:
         return self.home / "nodes" / node / "data"
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        """Until the manager answers `nodes.list` with every flamelet online and the tracking
-        server answers (or a process dies)."""
+        """Until the manager answers `nodes.list` with every flamelet online (or a process dies);
+        with `await_tracking`, also until the tracking server answers."""
         _run_in_thread(lambda: self._await_ready(timeout))
-        nodes_ready = time.monotonic()
         tracking = self.tracking_uri
         if "mlflow" in self.procs:
-            try:
-                tracking_server.wait_healthy(self.tracking_uri, timeout=timeout, process=self.procs["mlflow"].popen)
-            except (RuntimeError, TimeoutError) as exc:
-                raise StackError(f"{exc}:\n{self.tail('mlflow')}") from None
-            late = time.monotonic() - nodes_ready
-            tracking += f" (answered {late:.1f}s after the nodes were up)" if late >= 0.1 else ""
+            if self.await_tracking:
+                self.wait_tracking(timeout)
+            else:
+                tracking += " (starting)"
+                threading.Thread(target=self._watch_tracking, args=(timeout,), name="stack-mlflow", daemon=True).start()
         self.group.say("stack", f"ready: broker {self.url}, MLflow {tracking}, {self.flamelets} flamelet(s), home {self.home}")
+
+    def wait_tracking(self, timeout: float = 90.0) -> None:
+        """Until the stack's tracking server answers (at once when it runs none)."""
+        if "mlflow" not in self.procs:
+            return
+        try:
+            tracking_server.wait_healthy(self.tracking_uri, timeout=timeout, process=self.procs["mlflow"].popen)
+        except (RuntimeError, TimeoutError) as exc:
+            raise StackError(f"{exc}:\n{self.tail('mlflow')}") from None
 
     def pid(self, name: str) -> int | None:
         return self.procs[name].pid if self.procs[name].alive() else None
@@ -277,6 +289,16 @@ class Stack:
         self._wait_listening("mosquitto", self._broker_port, 30)
         self.url = f"mqtt://127.0.0.1:{self._broker_port}"
 
+    def _watch_tracking(self, timeout: float) -> None:
+        try:
+            self.wait_tracking(timeout)
+        except StackError as exc:
+            if not self._stopped:
+                self.group.say("stack", f"the MLflow tracking server is not answering: {exc}")
+            return
+        took = time.monotonic() - self._tracking_started
+        self.group.say("stack", f"MLflow tracking server answering at {self.tracking_uri} ({took:.1f}s after it was started)")
+
     def _start_tracking(self) -> None:
         """Start MLflow's server (not waited for here: it starts alongside the services) unless
         the environment names a tracking URI, which is then used as is."""
@@ -290,6 +312,7 @@ class Stack:
         port = free_port()
         argv = tracking_server.server_argv(self.home, port)
         self.group.spawn(self.group.add("mlflow", argv, tracking_server.server_env(self._base_env), group=0))
+        self._tracking_started = time.monotonic()
         self.tracking_uri = f"http://127.0.0.1:{port}"
 
     def _add_mldata(self, index: int, node: str, env: dict[str, str]) -> tuple[int, str]:
