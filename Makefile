@@ -6,9 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test check demo bench clean mosquitto
+.PHONY: install test check demo bench clean mosquitto docker chromium
 
-install: $(STAMP) mosquitto
+install: $(STAMP) mosquitto docker chromium
 
 MEMBERS := libs/common services/manager services/builder services/notifier services/flamelet services/mldata
 PYPROJECTS := pyproject.toml $(addsuffix /pyproject.toml,$(MEMBERS))
@@ -19,7 +19,7 @@ $(STAMP): $(PYPROJECTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --config-settings editable_mode=compat \
-	  -e 'libs/common[actor,devices,cli,mongo]' $(addprefix -e ,$(wordlist 2,99,$(MEMBERS))) --group dev
+	  -e 'libs/common[actor,devices,cli,mongo,ui]' $(addprefix -e ,$(wordlist 2,99,$(MEMBERS))) --group dev
 	@touch $(STAMP)
 
 mosquitto:
@@ -29,6 +29,37 @@ mosquitto:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
 	  else \
 	    echo "Ember needs the Mosquitto broker: run 'sudo apt-get install mosquitto' (Debian/Ubuntu) and retry." >&2; exit 1; \
+	  fi; }
+
+# The Docker runtime's tools: the engine, the CNCF registry and debootstrap (for the base image), through
+# apt-get when root, and a running dockerd (started in the background when nothing answers; no systemd
+# here). Never fatal: without them the Docker tests skip with the reason (and fail under CI=true).
+DOCKER_PKGS := docker.io docker-registry debootstrap
+docker:
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  missing=""; \
+	  command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	  command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
+	  command -v debootstrap >/dev/null || test -x /usr/sbin/debootstrap || missing="$$missing debootstrap"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing$$missing with apt-get"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	      || echo "warning: apt-get install$$missing failed: the Docker tests will skip" >&2; \
+	  fi; \
+	  deploy/docker/start-dockerd.sh || echo "warning: no Docker engine: the Docker tests will skip" >&2; \
+	elif ! docker info >/dev/null 2>&1; then \
+	  echo "no Docker engine answers and this is not root: the Docker tests will skip ($(DOCKER_PKGS) needed)" >&2; \
+	fi
+
+# Headless Chromium for the dashboard's browser tests (driven by Playwright with executable_path;
+# Playwright's own browser download is never used). Installed when root; otherwise those tests skip.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: no chromium: the dashboard's browser tests will be skipped ('sudo apt-get install chromium')." >&2; \
 	  fi; }
 
 # deploy/'s compose files are checked with Debian's docker-compose (`config` only: no engine needed);

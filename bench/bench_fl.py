@@ -45,8 +45,8 @@ LABELS = {"ember": "Ember (MQTT push)", "compat": "Flower compat gRPC API", "dep
 def analyse(summary: dict[str, Any]) -> dict[str, Any]:
     """Overhead per round, N-round wall time and accuracy from one engine's summary."""
     rounds = summary["round_seconds"]
-    compute = [t + e for t, e in zip(summary["train_compute_s"], summary["evaluate_compute_s"])]
-    overhead = [r - c for r, c in zip(rounds, compute)]
+    compute = [t + e for t, e in zip(summary["train_compute_s"], summary["evaluate_compute_s"], strict=True)]
+    overhead = [r - c for r, c in zip(rounds, compute, strict=True)]
     steady = overhead[1:] or overhead
     return {
         "steady_overhead_s": steady,
@@ -86,7 +86,7 @@ def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out["overhead_compat_over_ember"] = results["compat"]["overhead_median_s"] / ember["overhead_median_s"]
         out["goal_overhead_not_above_compat"] = ember["overhead_median_s"] <= results["compat"]["overhead_median_s"]
         out["pooled_overhead_compat_over_ember"] = results["compat"]["pooled_overhead_median_s"] / ember["pooled_overhead_median_s"]
-        pairs = list(zip(ember["run_overheads_s"], results["compat"]["run_overheads_s"]))
+        pairs = list(zip(ember["run_overheads_s"], results["compat"]["run_overheads_s"], strict=True))
         out["alternating_pairs_ember_not_above_compat"] = f"{sum(e <= c for e, c in pairs)} of {len(pairs)}"
     flower = [results[e] for e in ("compat", "deployment") if e in results]
     if flower:

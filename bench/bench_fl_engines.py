@@ -149,7 +149,7 @@ def _aggregate(pairs: list[tuple[int, dict[str, Any]]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key in pairs[0][1]:
         values = [float(m[key]) for _, m in pairs]
-        out[key] = max(values) if key in ("compute_s", "load_s") else sum(n * v for (n, _), v in zip(pairs, values)) / total
+        out[key] = max(values) if key in ("compute_s", "load_s") else sum(n * v for (n, _), v in zip(pairs, values, strict=True)) / total
     return out
 
 
@@ -190,7 +190,7 @@ def compat_server(app: Path, port: int, out: Path) -> None:
         "round_seconds": [marks[r] - marks[r - 1] for r in range(1, rounds + 1)],
         "train_compute_s": series(fit, "compute_s"),
         "evaluate_compute_s": series(dist, "compute_s"),
-        "load_s": [a + b for a, b in zip(series(fit, "load_s"), series(dist, "load_s"))],
+        "load_s": [a + b for a, b in zip(series(fit, "load_s"), series(dist, "load_s"), strict=True)],
     }
     print("FLOWERDIGITS_RESULT " + json.dumps(summary), flush=True)
     out.write_text(json.dumps(summary))
@@ -255,11 +255,12 @@ async def submit_and_wait(url: str, spec: dict[str, Any], spec_dir: Path, timeou
     """Submit a spec to the manager and wait (quietly) until the job ends; its summary."""
     from rich.console import Console
 
+    from ember.bundle_bus import submit_job
     from ember.bus import Bus
     from ember.cli.watch import follow_job
 
     async with Bus(url, source="bench") as bus:
-        reply = await bus.request("jobs.submit", {"spec": spec, "spec_dir": str(spec_dir)}, timeout=30)
+        reply = await submit_job(bus, spec, spec_dir)
         return await follow_job(bus, reply["job"], Console(file=io.StringIO()), timeout=timeout)
 
 

@@ -88,9 +88,9 @@ def bench_put(work: Path, rows: int, repeat: int) -> dict[str, float]:
         with MldataClient(f"grpc://127.0.0.1:{port}", TOKEN) as client:
             for i in range(repeat):
                 table = sensor_table(rows, seed=i)
-                ref.append(median_time(lambda: pq.write_table(table, work / "ref.parquet")))
-                ref_same.append(median_time(lambda: pq.write_table(table, work / "ref.parquet", compression=COMPRESSION)))
-                ours.append(median_time(lambda: client.push(f"put{i}", table)))
+                ref.append(median_time(lambda table=table: pq.write_table(table, work / "ref.parquet")))
+                ref_same.append(median_time(lambda table=table: pq.write_table(table, work / "ref.parquet", compression=COMPRESSION)))
+                ours.append(median_time(lambda i=i, table=table: client.push(f"put{i}", table)))
     finally:
         stop(proc)
     mb = sensor_table(rows, 0).nbytes / 1e6

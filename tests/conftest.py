@@ -24,3 +24,7 @@ def ember_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("EMBER_HOME", str(home))
     return home
+
+
+# The Docker fixtures (docker_client, docker_registry, ...) live in their own module.
+from docker_fixtures import docker_client, docker_registry  # noqa: E402, F401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from ember import events, topics
+from ember import actions, events, topics
 from ember.bus import Bus
 from ember.cli.main import app
 from ember.testing import free_port
@@ -74,6 +75,16 @@ def test_job_file_errors_exit_before_any_request(cli, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "(file)" in result.stderr
 
 
+def test_a_code_folder_past_the_bundle_limit_names_its_biggest_files(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "model.py").write_text("class M: ...\n")
+    (tmp_path / "readings.parquet").write_bytes(os.urandom(10_000))
+    (tmp_path / "job.yaml").write_text("name: big\ncode: {path: ., entrypoint: 'model:M'}\n")
+    monkeypatch.setenv("EMBER_BUNDLE_MAX_BYTES", "4096")
+    result = cli("job", "submit", str(tmp_path / "job.yaml"))  # refused before any broker is needed
+    assert result.exit_code == 2, result.output
+    assert "readings.parquet" in result.stderr and ".emberignore" in result.stderr
+
+
 def test_commands_find_the_broker_recorded_by_ember_up(cli, mqtt_broker, ember_home: Path) -> None:
     """`ember node list` with no flags talks to the broker in `$EMBER_HOME/broker.json`."""
     nodes = [{"node": "node-1", "status": "online", "info": {"capabilities": ["learner"], "data": {"s": 5}}, "actors": []}]
@@ -82,14 +93,13 @@ def test_commands_find_the_broker_recorded_by_ember_up(cli, mqtt_broker, ember_h
     async def fake_manager() -> None:
         bus = Bus(mqtt_broker.url, client_id="fake-manager")
 
-        async def list_nodes(_envelope):
+        async def list_nodes(_request, _envelope):
             return nodes
 
-        bus.serve("nodes.list", list_nodes)
+        bus.serve(actions.NODES_LIST, list_nodes)
         async with bus:
             ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
+            await asyncio.to_thread(stop.wait)
 
     thread = threading.Thread(target=lambda: asyncio.run(fake_manager()), daemon=True)
     thread.start()

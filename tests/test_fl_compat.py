@@ -97,3 +97,30 @@ def test_public_surfaces_ember_drives():
     assert list(inspect.signature(ClientApp.__call__).parameters)[1:] == ["message", "context"]
     assert list(inspect.signature(ServerApp.__call__).parameters)[1:] == ["grid", "context"]
     assert list(inspect.signature(Context.__init__).parameters)[1:6] == ["run_id", "node_id", "node_config", "state", "run_config"]
+
+
+def test_array_headers_decode_safely_from_many_threads() -> None:
+    """Arrays are decoded on the loop and in worker threads at once. On CPython 3.11 numpy's header
+    parsing then failed now and then with a SystemError (a learner's evaluate, in a full suite run);
+    the race does not reproduce on demand, so this checks the serialisation is installed and that
+    decoding from many threads stays correct with it."""
+    import ast
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from flwr.app import ArrayRecord
+
+    from ember.fl import flwr_compat
+
+    if sys.version_info < (3, 12):
+        assert getattr(ast.literal_eval, "_ember_serialised", False)
+    flwr_compat.serialise_literal_eval()  # idempotent
+    record = ArrayRecord([np.arange(12, dtype=np.float32).reshape(3, 4), np.ones(5)])
+
+    def decode(_: int) -> float:
+        return float(sum(a.sum() for a in record.to_numpy_ndarrays()))
+
+    with ThreadPoolExecutor(8) as pool:
+        totals = list(pool.map(decode, range(2000)))
+    assert totals == [66.0 + 5.0] * 2000

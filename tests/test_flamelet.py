@@ -15,6 +15,7 @@ from ember.bus import Bus, Message
 from ember.events import ActorReport, ActorSpec, ActorState, Artifact, DesiredState, NodeInfo, Role
 from ember.flamelet.app import Flamelet
 from ember.flamelet.settings import FlameletSettings
+from ember.nodes import NodeTable, parse_status, supersedes
 from ember.testing import assert_eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -45,6 +46,9 @@ class Observer:
         self.logs: dict[str, list[str]] = {}
         self.status: list[str] = []
         self.info: list[NodeInfo] = []
+        self.table = NodeTable()  # as the manager and the notifier see the node
+        self.stale: list[str] = []
+        """Statuses the table's ordering rule ignored."""
         bus.subscribe(topics.ACTOR_STATE, self._on_report, node=node)
         bus.subscribe(topics.ACTOR_LOG, self._on_log, node=node)
         bus.subscribe(topics.NODE_STATUS, self._on_status, node=node)
@@ -58,10 +62,15 @@ class Observer:
         self.logs.setdefault(m.params["actor"], []).extend(m.envelope.data["lines"])
 
     async def _on_status(self, m: Message) -> None:
-        self.status.append(m.envelope.data["status"])
+        status = parse_status(m.envelope, m.params)
+        if not supersedes(status, self.table.row(status.node).status):
+            self.stale.append(f"{status.status} since {status.since}")
+        self.table.update_status(status)
+        self.status.append(status.status)
 
     async def _on_info(self, m: Message) -> None:
         self.info.append(NodeInfo.model_validate(m.envelope.data))
+        self.table.update_info(self.info[-1])
 
     def states(self, actor: str) -> list[str]:
         return [r.state.value for r in self.reports.get(actor, [])]
@@ -162,6 +171,7 @@ async def test_survives_a_broker_restart(observer, mqtt_broker, tmp_path):
         await assert_eventually(lambda: flamelet.bus.connected and observer.bus.connected, timeout=15)
         await observer.desire(1, probe("after-restart", 0.1))
         await assert_eventually(lambda: observer.ended("after-restart"), timeout=15)
+        assert observer.table.row("n1").online and observer.stale == [], "the reconnect's statuses are newer than the last"
 
 
 def start_flamelet(mqtt_broker, home: Path, keepalive: int) -> subprocess.Popen:
@@ -184,10 +194,12 @@ async def test_sigkill_flips_status_offline_and_a_restart_re_adopts_running_acto
         proc.wait()
         # the broker notices within 1.5 x keepalive and publishes the Last Will
         await assert_eventually(lambda: observer.status[-1:] == ["offline"], timeout=1.5 * keepalive + 2)
+        assert observer.table.row("n1").offline, "the will of the connection takes the node offline"
         assert pid_alive(pid), "the actor outlives its flamelet"
 
         proc = start_flamelet(mqtt_broker, tmp_path, keepalive)
         await assert_eventually(lambda: observer.status[-1:] == ["online"], timeout=20)
+        assert observer.table.row("n1").online, "the restarted flamelet's status is newer than the will"
         await assert_eventually(lambda: observer.last("survivor").state == ActorState.RUNNING and observer.last("survivor").pid == pid)
         assert observer.states("survivor").count("starting") == 1, "re-adopted, not started again"
         await observer.desire(2)  # the adopted actor is stopped and its exit code read from the shim's record
@@ -197,3 +209,4 @@ async def test_sigkill_flips_status_offline_and_a_restart_re_adopts_running_acto
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0, (tmp_path / "flamelet.log").read_text()[-3000:]
     await assert_eventually(lambda: observer.status[-1:] == ["offline"]), "a clean shutdown announces offline itself"
+    assert observer.table.row("n1").offline and observer.stale == [], "every status the flamelet published is newer than the last"

@@ -115,6 +115,20 @@ async def test_invalid_spec_names_every_bad_field_and_writes_nothing(manager, cl
     assert await eventlog.last_seq() == 0
 
 
+@pytest.mark.parametrize(("code", "field"), [
+    ({"path": "/home/me/sensor", "entrypoint": "model:SensorModel"}, "code.path"),
+    ({"entrypoint": "model:SensorModel"}, "code.bundle"),
+])
+async def test_a_spec_over_mqtt_without_bundle_or_git_is_refused_naming_the_field(manager, client, eventlog, code, field):
+    with pytest.raises(InvalidJobSpec) as err:
+        await client.request("jobs.submit", {"spec": {"name": "sensor", "code": code}, "spec_dir": "/home/me"})
+    assert [d["field"] for d in err.value.details] == [field]
+    assert "code.git" in err.value.details[0]["reason"]
+    git = {"name": "sensor", "code": {"git": "https://git.example.invalid/sensor.git", "entrypoint": "model:SensorModel"}}
+    assert (await client.request("jobs.submit", {"spec": git}))["state"] == "submitted"
+    assert [e.type for e in await eventlog.read()] == ["JobSubmitted"]
+
+
 async def test_success_path_from_reports(manager, client, eventlog):
     job = (await client.request("jobs.submit", {"spec": SPEC}))["job"]
     await simulate_build_and_placement(client, eventlog, job)

@@ -41,7 +41,7 @@ async def answering(client: Bus) -> bool:
 
 async def test_kill_9_mid_job_then_restart_finishes_the_job_exactly_once(mqtt_broker, ember_home, tmp_path):
     log_path = tmp_path / "manager.log"
-    with open(log_path, "ab") as log_file:
+    with open(log_path, "ab") as log_file:  # noqa: ASYNC230 (a child process's log file, opened once)
         first = start_manager(mqtt_broker.url, ember_home, log_file)
         second = None
         try:

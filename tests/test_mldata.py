@@ -20,6 +20,7 @@ import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
 
+from ember.datasummary import DataSummary
 from ember.errors import InvalidRequest
 from ember.data.auth import bearer_headers
 from ember.data.client import MldataClient, load_table
@@ -27,7 +28,7 @@ from ember.data.errors import InvalidTag, NoDataError, SchemaMismatch
 from ember.mldata.names import PARTITION_RE, TMP_PREFIX
 from ember.mldata.server import MldataFlightServer
 from ember.mldata.store import PartitionStore
-from ember.mldata.summary import node_data_summary, read_summary, write_summary
+from ember.mldata.summary import write_summary
 from ember.testing import free_port, wait_for_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -209,13 +210,14 @@ def test_listing_tags_drop_and_summary(node: Node) -> None:
         assert stats["a"]["first_ts"] == "2025-01-01T00:00:00+00:00"
         assert stats["a"]["last_ts"] == "2025-01-01T00:00:05.499000+00:00"
         assert stats["b"]["first_ts"] is None and stats["b"]["bytes"] > 0
-        assert node_data_summary(node.store.root) == {"a": 1_500, "b": 200}
-        assert read_summary(node.store.root)["node"] == "n1"
+        summary = DataSummary.read(node.store.root)  # what the node's flamelet announces
+        assert summary.rows() == {"a": 1_500, "b": 200} and summary.node == "n1"
+        assert summary.tags["a"].partitions == 2 and summary.tags["a"].first_ts == "2025-01-01T00:00:00+00:00"
 
         assert client.drop(partition=a1) == [a1]
-        assert node_data_summary(node.store.root) == {"a": 500, "b": 200}
+        assert DataSummary.read(node.store.root).rows() == {"a": 500, "b": 200}
         assert len(client.drop(tag="b")) == 1
-        assert node_data_summary(node.store.root) == {"a": 500}
+        assert DataSummary.read(node.store.root).rows() == {"a": 500}
         # Dropping a whole tag frees its schema: a new first partition fixes a new one.
         client.push("b", pa.table({"other": [1, 2, 3]}))
         with pytest.raises(InvalidRequest, match="unknown action"):

@@ -14,13 +14,13 @@ import pytest
 
 from ember.devices.publish import MqttPublisher, readings_envelope
 from ember.devices.sensors import generate_table, readings_of
+from ember.datasummary import DataSummary
 from ember.envelope import Envelope
 from ember.mldata.app import MldataService
 from ember.data.client import MldataClient, load_table
 from ember.mldata.ingest import Ingestor, readings_table
 from ember.mldata.settings import MldataSettings
 from ember.mldata.store import PartitionStore
-from ember.mldata.summary import node_data_summary
 from ember.testing import Broker, assert_eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -125,7 +125,7 @@ async def test_100k_readings_over_mqtt_all_land_after_clean_shutdown(mqtt_broker
     assert stats["readings"] == 100_001 and stats["rows_flushed"] == 100_001
     assert stats["messages_malformed"] == 3 and stats["readings_malformed"] == 2 and stats["buffered"] == 0
     assert partitions_before_shutdown < 100_001  # the clean shutdown flushed the rest
-    assert node_data_summary(settings.data_dir()) == {tag: 100_001}
+    assert DataSummary.read(settings.data_dir()).rows() == {tag: 100_001}
     with PartitionStore(settings.data_dir()) as store:
         stored = pa.concat_tables([pq.read_table(store.root / p.name) for p in store.partitions([tag])])
     assert stored.num_rows == 100_001

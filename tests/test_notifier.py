@@ -117,6 +117,8 @@ async def test_waits_for_capacity_then_fails_after_the_placement_timeout(cluster
     async with Notifier(settings(mqtt_broker, tmp_path)) as notifier:
         await cluster.submit("wait-1", probe_spec())
         await assert_eventually(lambda: "wait-1" in notifier.waiting)
+        assert notifier.waiting["wait-1"].startswith("needs 3 learners on learner nodes (1 cpu and 1024 MB each, process runtime): "
+                                                      "1 such node online (n1), with room for 2; not satisfiable"), notifier.waiting
         assert await cluster.events("ActorsPlaced", "wait-1") == []
         await cluster.node("n2", cpus=2)  # now 4 cpus for 1 aggregator + 3 learners
         await assert_eventually(lambda: cluster.events("ActorsPlaced", "wait-1"))
@@ -125,7 +127,9 @@ async def test_waits_for_capacity_then_fails_after_the_placement_timeout(cluster
         await cluster.submit("big-1", probe_spec(learners={"count": 20}))
         [failed] = await assert_eventually(lambda: cluster.events("JobFailed", "big-1"), timeout=15)
         assert failed.id == "big-1:terminal"
-        assert failed.envelope.data["reason"].startswith("no capacity: need 1 aggregator + 20 learners")
+        reason = failed.envelope.data["reason"]
+        assert reason.startswith("no capacity: needs 20 learners on learner nodes (1 cpu and 1024 MB each, process runtime): "
+                                 "2 such nodes online (n1, n2), with room for 0; not satisfiable with the nodes online now"), reason
 
 
 async def test_node_offline_re_places_its_actors_or_fails_the_job(cluster, mqtt_broker, tmp_path):
@@ -210,6 +214,7 @@ async def test_kill_9_and_restart_places_nothing_twice(cluster, mqtt_broker, tmp
         await assert_eventually(lambda: cluster.events("ActorsPlaced", "crash-3"), timeout=20)
         placed = await cluster.events("ActorsPlaced")
         assert sorted(e.id for e in placed) == ["crash-1:placed:1", "crash-2:placed:1", "crash-3:placed:1"]
+        await assert_eventually(lambda: sum(len(cluster.actors(n)) for n in ("n1", "n2", "n3")) >= 12)  # desired states arrive after the event
         actors = [a for n in ("n1", "n2", "n3") for a in cluster.actors(n)]
         assert len(actors) == len(set(actors)) == 12
     finally:

@@ -28,7 +28,7 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecor
         elif key == weight_key:
             out[key] = sum(values)
         else:
-            out[key] = sum(v * w for v, w in zip(values, weights)) / total
+            out[key] = sum(v * w for v, w in zip(values, weights, strict=True)) / total
     return MetricRecord(out)
 
 
@@ -71,7 +71,7 @@ def main(grid: Grid, context: Context) -> None:
         "round_seconds": [marks[r] - marks[r - 1] for r in range(1, rounds + 1)],
         "train_compute_s": series(train_m, "compute_s"),
         "evaluate_compute_s": series(eval_m, "compute_s"),
-        "load_s": [a + b for a, b in zip(series(train_m, "load_s"), series(eval_m, "load_s"))],
+        "load_s": [a + b for a, b in zip(series(train_m, "load_s"), series(eval_m, "load_s"), strict=True)],
     }
     print("FLOWERDIGITS_RESULT " + json.dumps(summary), flush=True)
     if out := os.environ.get("FLOWERDIGITS_RESULT_FILE"):

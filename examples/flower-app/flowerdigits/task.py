@@ -36,7 +36,7 @@ def dirichlet_split(labels: np.ndarray, n: int, alpha: float, seed: int) -> list
         for cls in np.unique(labels):
             rows = rng.permutation(np.flatnonzero(labels == cls))
             cuts = (np.cumsum(rng.dirichlet(np.full(n, alpha)))[:-1] * len(rows)).astype(int)
-            for part, chunk in zip(parts, np.split(rows, cuts)):
+            for part, chunk in zip(parts, np.split(rows, cuts), strict=True):
                 part.append(chunk)
         out = [np.sort(np.concatenate(p)) for p in parts]
         if min(len(p) for p in out) >= MIN_ROWS:

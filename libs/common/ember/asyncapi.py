@@ -1,8 +1,12 @@
-"""The AsyncAPI 3.0 document of Ember's bus, generated from `ember.topics.ALL` and the pydantic models.
+"""The AsyncAPI 3.0 document of Ember's bus, generated from `ember.topics.ALL`, the actions the
+manager serves (`ember.actions.ACTIONS`, the registry `Bus.serve` takes its models from) and the
+pydantic models of events and node topics.
 
 Every channel is one topic template (`nodes/{node}/desired`) with its parameters; every message is
-the envelope (`ember.envelope.Envelope`) whose `type` and `data` are pinned to one payload model.
-Flower frames (`jobs/{job}/fl/...`) are the only payloads that are not envelopes.
+the envelope (`ember.envelope.Envelope`) whose `type` and `data` are pinned to one payload model:
+`request.<action>` on `req/{action}`, `reply` (one message per action, told apart by the request's
+correlation data) on `reply/{client}`, the class name elsewhere. Flower frames
+(`jobs/{job}/fl/...`) are the only payloads that are not envelopes.
 
     doc = build_document()               # a plain dict
     text = render(doc, "yaml")           # or "json"
@@ -15,75 +19,27 @@ import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from ember import events, topics
+from ember.actions import ACTIONS, REPLY_TYPE, Action, Failure
 from ember.envelope import ENVELOPE_VERSION, Envelope
 
 REF = "#/components/schemas/{model}"
 
 
-class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SubmitJob(_Doc):
-    """`req/jobs.submit`: the job spec (YAML as JSON) and the folder its relative paths start from."""
-
-    spec: dict[str, Any]
-    spec_dir: str = ""
-
-
-class JobRef(_Doc):
-    """`req/jobs.cancel`: one job id."""
-
-    job: str
-
-
-class GetJob(JobRef):
-    """`req/jobs.get`: one job id; `rounds` keeps only the latest N rounds (default: all)."""
-
-    rounds: int | None = Field(default=None, ge=0)
-
-
-class NoArguments(_Doc):
-    """`req/jobs.list`, `req/nodes.list`: no arguments."""
-
-
-class ReplyError(_Doc):
-    code: str = Field(description="stable error code: invalid_request, invalid_job_spec, not_found, conflict, timeout, unavailable, internal")
-    message: str
-    details: Any = None
-
-
-class Reply(_Doc):
-    """A reply on the requester's response topic; carries the request's correlation data."""
-
-    ok: bool
-    result: Any = None
-    error: ReplyError | None = None
-
-
-class SensorReadings(_Doc):
+class SensorReadings(BaseModel):
     """A batch of one device's readings (columns of `ember.devices.sensors.READING_SCHEMA`)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     readings: list[dict[str, Any]]
 
 
-REQUESTS: dict[str, type[BaseModel]] = {
-    "jobs.submit": SubmitJob,
-    "jobs.cancel": JobRef,
-    "jobs.get": GetJob,
-    "jobs.list": NoArguments,
-    "nodes.list": NoArguments,
-}
-
 # Payload models carried by each channel (the envelope `type` is the model's class name, except
-# requests, whose type is `request.<action>`). Channels missing here carry raw bytes.
+# requests and replies, which come from `ember.actions`). Channels missing here carry raw bytes.
 PAYLOADS: dict[topics.TopicTemplate, list[type[BaseModel]]] = {
-    topics.REQUEST: list(dict.fromkeys(REQUESTS.values())),
-    topics.REPLY: [Reply],
     topics.EVENT: list(events.Event.registry.values()),
     topics.NODE_INFO: [events.NodeInfo],
     topics.NODE_STATUS: [events.NodeStatus],
@@ -95,7 +51,7 @@ PAYLOADS: dict[topics.TopicTemplate, list[type[BaseModel]]] = {
 }
 
 # Who publishes (`send`) and who subscribes (`receive`), from the point of view of Ember's services.
-ACTIONS: dict[topics.TopicTemplate, tuple[str, str]] = {
+ROLES: dict[topics.TopicTemplate, tuple[str, str]] = {
     topics.REQUEST: ("any client (ember CLI)", "manager"),
     topics.REPLY: ("manager", "the requesting client"),
     topics.EVENT: ("manager, builder, notifier (after appending to the event log)", "manager, builder, notifier, ember CLI"),
@@ -109,6 +65,7 @@ ACTIONS: dict[topics.TopicTemplate, tuple[str, str]] = {
     topics.FL_CAST: ("aggregator actor", "every learner actor of the job"),
     topics.FL_UP: ("learner actor", "aggregator actor"),
     topics.DATA: ("edge devices", "mldata"),
+    topics.BUNDLE: ("ember CLI before jobs.submit, builder for git sources (retained; cleared by the builder)", "builder, process-runtime flamelets"),
 }
 
 PARAM_DOC = {
@@ -120,6 +77,7 @@ PARAM_DOC = {
     "actor": "actor id",
     "job": "job id, `{name}-{8 hex}`",
     "tag": "data tag",
+    "digest": "code bundle digest, `sha256:<64 hex>`",
 }
 
 
@@ -135,7 +93,7 @@ def _parameters(template: topics.TopicTemplate) -> dict[str, Any]:
     for name in template.params:
         param: dict[str, Any] = {"description": PARAM_DOC.get(name, name)}
         if template is topics.REQUEST and name == "action":
-            param["enum"] = list(REQUESTS)
+            param["enum"] = list(ACTIONS)
         elif template is topics.EVENT and name == "aggregate":
             param["enum"] = sorted({cls.aggregate for cls in events.Event.registry.values()})
         elif template is topics.EVENT and name == "type":
@@ -144,24 +102,53 @@ def _parameters(template: topics.TopicTemplate) -> dict[str, Any]:
     return params
 
 
-def _envelope_message(type_name: str, model: type[BaseModel], summary: str) -> dict[str, Any]:
+def _envelope_message(type_name: str, data: dict[str, Any], summary: str, name: str | None = None) -> dict[str, Any]:
     payload = {
         "allOf": [
             {"$ref": REF.format(model="Envelope")},
-            {
-                "type": "object",
-                "properties": {"type": {"const": type_name}, "data": {"$ref": REF.format(model=model.__name__)}},
-            },
+            {"type": "object", "properties": {"type": {"const": type_name}, "data": data}},
         ]
     }
-    return {"name": type_name, "title": type_name, "summary": summary, "contentType": "application/json", "payload": payload}
+    name = name or type_name
+    return {"name": name, "title": name, "summary": summary, "contentType": "application/json", "payload": payload}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _result_schema(action: Action[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(schema of the action's result, the component schemas it refers to)."""
+    schema = TypeAdapter(action.reply).json_schema(ref_template=REF)
+    defs = schema.pop("$defs", {})
+    if isinstance(action.reply, type) and issubclass(action.reply, BaseModel):
+        defs[action.reply.__name__] = schema
+        schema = _ref(action.reply)
+    return schema, defs
+
+
+def _reply_data(action: Action[Any]) -> dict[str, Any]:
+    """`{"ok": true, "result": <reply model>}` or `{"ok": false, "error": ...}` (`Failure`)."""
+    result, _ = _result_schema(action)
+    success = {
+        "type": "object",
+        "properties": {"ok": {"const": True}, "result": result},
+        "required": ["ok", "result"],
+        "additionalProperties": False,
+    }
+    return {"oneOf": [success, _ref(Failure)]}
 
 
 def _messages(template: topics.TopicTemplate) -> dict[str, Any]:
     if template is topics.REQUEST:
         return {
-            f"request.{action}": _envelope_message(f"request.{action}", model, (model.__doc__ or "").strip())
-            for action, model in REQUESTS.items()
+            f"request.{name}": _envelope_message(f"request.{name}", _ref(action.request), action.summary)
+            for name, action in ACTIONS.items()
+        }
+    if template is topics.REPLY:
+        return {
+            f"reply.{name}": _envelope_message(REPLY_TYPE, _reply_data(action), f"reply to {name}", name=f"reply.{name}")
+            for name, action in ACTIONS.items()
         }
     models = PAYLOADS.get(template)
     if models is None:  # Flower frames: Flower's protobuf serialisation, chunked when large
@@ -173,16 +160,20 @@ def _messages(template: topics.TopicTemplate) -> dict[str, Any]:
                 "payload": {"type": "string", "format": "binary"},
             }
         }
-    return {m.__name__: _envelope_message(m.__name__, m, (m.__doc__ or m.__name__).strip().splitlines()[0]) for m in models}
+    return {m.__name__: _envelope_message(m.__name__, _ref(m), (m.__doc__ or m.__name__).strip().splitlines()[0]) for m in models}
 
 
 def _schemas() -> dict[str, Any]:
-    models = [Envelope, *REQUESTS.values(), *(m for ms in PAYLOADS.values() for m in ms)]
+    requests: list[type[BaseModel]] = [action.request for action in ACTIONS.values()]
+    models: list[type[BaseModel]] = [Envelope, Failure, *requests, *(m for ms in PAYLOADS.values() for m in ms)]
     unique = list(dict.fromkeys(models))
     refs, top = models_json_schema([(m, "validation") for m in unique], ref_template=REF)
     schemas = dict(top.get("$defs", {}))
     for model in unique:  # a model referenced by nobody is inlined under its own name
         schemas.setdefault(model.__name__, refs[(model, "validation")])
+    for action in ACTIONS.values():
+        for name, schema in _result_schema(action)[1].items():
+            schemas.setdefault(name, schema)
     return schemas
 
 
@@ -200,7 +191,7 @@ def build_document(root: str = "ember/v1", *, server: str = "127.0.0.1:1883") ->
             "parameters": _parameters(template),
             "messages": messages,
         }
-        publisher, subscriber = ACTIONS.get(template, ("", ""))
+        publisher, subscriber = ROLES.get(template, ("", ""))
         refs = [{"$ref": f"#/channels/{cid}/messages/{name}"} for name in messages]
         for action, who in (("send", publisher), ("receive", subscriber)):
             operations[f"{action}{cid[:1].upper()}{cid[1:]}"] = {
@@ -217,7 +208,8 @@ def build_document(root: str = "ember/v1", *, server: str = "127.0.0.1:1883") ->
             "description": (
                 "Every topic and payload of Ember's MQTT bus. Payloads are JSON envelopes "
                 "`{id, type, time, source, subject, data, v}` whose `data` matches the message's model; "
-                "requests use MQTT 5 response topic + correlation data; QoS 1 throughout."
+                "requests use MQTT 5 response topic (under `reply/`) + correlation data, and an invalid "
+                "request or an unknown action gets an `invalid_request` error reply; QoS 1 throughout."
             ),
         },
         "defaultContentType": "application/json",

@@ -187,11 +187,12 @@ def report(console: Console, job: dict[str, Any], central: dict[str, float] | No
 
 
 async def run_job(url: str, spec: dict[str, Any], spec_dir: Path, console: Console, timeout: float) -> dict[str, Any]:
+    from ember.bundle_bus import submit_job
     from ember.bus import Bus
     from ember.cli.watch import follow_job
 
     async with Bus(url, source="ember-demo") as bus:
-        reply = await bus.request("jobs.submit", {"spec": spec, "spec_dir": str(spec_dir)}, timeout=30)
+        reply = await submit_job(bus, spec, spec_dir, request_timeout=30)
         console.print(f"submitted [bold]{reply['job']}[/]")
         return await follow_job(bus, reply["job"], console, timeout=timeout)
 

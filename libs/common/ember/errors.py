@@ -35,6 +35,12 @@ class InvalidJobSpec(InvalidRequest):
     code = "invalid_job_spec"
 
 
+class InvalidSettings(InvalidRequest):
+    """A service's settings (`EMBER_*` variables or flags) do not validate."""
+
+    code = "invalid_settings"
+
+
 class NotFound(EmberError):
     code = "not_found"
     exit_code = 3
@@ -55,7 +61,7 @@ class Unavailable(EmberError):
     exit_code = 6
 
 
-_BY_CODE = {cls.code: cls for cls in (EmberError, InvalidRequest, InvalidJobSpec, NotFound, Conflict, RequestTimeout, Unavailable)}
+_BY_CODE = {cls.code: cls for cls in (EmberError, InvalidRequest, InvalidJobSpec, InvalidSettings, NotFound, Conflict, RequestTimeout, Unavailable)}
 
 
 def to_reply(exc: BaseException) -> dict[str, Any]:

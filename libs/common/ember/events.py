@@ -86,22 +86,22 @@ class JobSubmitted(Event):
     """Folder the spec's relative `code.path` is resolved against."""
 
 
-class JobAccepted(Event):
-    reason: str = "spec valid"
-
-
 class BuildStarted(Event):
     reason: str = ""
 
 
 class Artifact(_Model):
-    kind: str = "venv"  # venv | image
+    kind: str = "venv"  # bundle | venv | image
     key: str
     """Content hash of code + requirements."""
     python: str = ""
     code_dir: str = ""
     image: str = ""
     cached: bool = False
+    bundle: str = ""
+    """`bundle`: digest of the code bundle a node fetches from `bundles/{digest}` (ember.bundle_bus)."""
+    requirements: list[str] = Field(default_factory=list)
+    """`bundle`: what a node installs next to the code (in a venv it caches by their hash)."""
 
 
 class BuildSucceeded(Event):

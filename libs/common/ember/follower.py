@@ -20,6 +20,7 @@ from ember.bus import Bus, Message
 from ember.eventlog.base import EventLog, StoredEvent
 from ember.events import RoundCompleted, event_streams
 from ember.log import get_logger
+from ember.metrics import EVENTS_APPENDED
 from ember.projection import Projection
 
 Reconcile = Callable[[Projection, list[StoredEvent]], Awaitable[None]]
@@ -87,6 +88,7 @@ async def append_and_publish(eventlog: EventLog, bus: Bus, envelope) -> StoredEv
     followers nothing but their next resync."""
     stored = await eventlog.append(envelope)
     if not stored.duplicate:
+        EVENTS_APPENDED.labels(type=envelope.type).inc()
         topic = topics.EVENT.format(bus.root, aggregate=stored.aggregate, type=envelope.type)
         await bus.publish_soon(topic, stored.envelope)
     return stored

@@ -4,6 +4,8 @@
 name: sensor-anomaly
 code:
   path: .                       # folder with the user's code, relative to the job file
+  # bundle: sha256:...          # what `ember job submit` sends instead of `path` (ember.bundle)
+  # git: https://...  ref: main # or a git source the builder clones
   entrypoint: model:SensorModel # a ModelManager class ...
   # serverapp: app:server       # ... or a Flower app's components
   # clientapp: app:client
@@ -39,6 +41,9 @@ class _Spec(BaseModel):
 
 class CodeSpec(_Spec):
     path: str | None = None
+    """A folder on the submitter's disk; `ember job submit` replaces it with `bundle`."""
+    bundle: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    """Digest of the code bundle published on `bundles/{digest}` (`ember.bundle`)."""
     git: str | None = None
     ref: str = "HEAD"
     entrypoint: str | None = None
@@ -56,8 +61,8 @@ class CodeSpec(_Spec):
 
     @model_validator(mode="after")
     def _one_kind(self) -> CodeSpec:
-        if self.path and self.git:
-            raise ValueError("give either 'path' or 'git', not both")
+        if sum(1 for source in (self.path, self.bundle, self.git) if source) > 1:
+            raise ValueError("give one of 'path', 'bundle' or 'git'")
         if (self.serverapp is None) != (self.clientapp is None):
             raise ValueError("a Flower app needs both 'serverapp' and 'clientapp'")
         if self.entrypoint and self.serverapp:
@@ -194,6 +199,21 @@ def validate_spec(raw: Any) -> JobSpec:
         errors = field_errors(exc)
         summary = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
         raise InvalidJobSpec(f"invalid job spec: {summary}", details=errors) from None
+
+
+def submittable_spec(raw: Any) -> JobSpec:
+    """`validate_spec`, plus the rule for a spec sent to the manager: its code travels as a
+    bundle (`code.bundle`) or comes from git (`code.git`); a path names the submitter's disk,
+    which no other host can read."""
+    spec = validate_spec(raw)
+    field, reason = "", ""
+    if spec.code.path:
+        field, reason = "code.path", "a path on the submitter's disk does not reach the builder: `ember job submit` sends the folder as code.bundle; or name code.git"
+    elif not (spec.code.bundle or spec.code.git) and spec.probe is None:
+        field, reason = "code.bundle", "required: the job's code as a bundle digest (`ember job submit` packs and sends it) or a git source in code.git"
+    if field:
+        raise InvalidJobSpec(f"invalid job spec: {field}: {reason}", details=[{"field": field, "reason": reason}])
+    return spec
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:

@@ -7,10 +7,22 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO, cast
 
 import structlog
 
 _configured = False
+
+
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written (a test harness or a daemon may replace it
+    after logging was configured; the object captured at configure time may be closed by then)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure(fmt: str = "auto", level: str = "info", *, service: str | None = None) -> None:
@@ -18,7 +30,7 @@ def configure(fmt: str = "auto", level: str = "info", *, service: str | None = N
     global _configured
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if use_console else structlog.processors.JSONRenderer()
-    processors: list = [
+    processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -28,7 +40,7 @@ def configure(fmt: str = "auto", level: str = "info", *, service: str | None = N
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _Stderr())),
         cache_logger_on_first_use=False,
     )
     if service:

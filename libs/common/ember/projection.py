@@ -162,10 +162,10 @@ class Projection:
                 self.jobs[env.subject] = job
                 return True
             return False
-        job = self.jobs.get(env.subject)
-        if job is None:
+        known = self.jobs.get(env.subject)
+        if known is None:
             return False
-        return self._apply_job(job, event, stored)
+        return self._apply_job(known, event, stored)
 
     def _move(self, job: JobView, state: JobState, reason: str, stored: StoredEvent, allowed: tuple[JobState, ...]) -> bool:
         if job.state not in allowed:

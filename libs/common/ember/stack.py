@@ -8,8 +8,8 @@ Used by `ember up`, the end-to-end tests, the demo and the benchmarks:
         stack.restart("manager")                  # ... and start it again
     # ordered shutdown: flamelets, then mldata and services, broker last
 
-Process names: `mosquitto`, `mlflow`, `manager`, `builder`, `notifier`, `node-1..N` (flamelets,
-node id `node-i`) and `mldata-1..N` (the node's mldata). Every line a process prints goes to
+Process names: `mosquitto`, `mlflow`, `registry` (docker runtime), `manager`, `builder`, `notifier`,
+`node-1..N` (flamelets, node id `node-i`) and `mldata-1..N` (the node's mldata). Every line a process prints goes to
 `$EMBER_HOME/logs/<name>.log` and, when `echo` is set, to `echo` prefixed by the name.
 
 Tracking: unless the environment names a tracking server (`EMBER_MLFLOW_TRACKING_URI`), the stack
@@ -80,9 +80,19 @@ class Stack:
     await_tracking: bool = False
     """`start` also waits until the tracking server answers."""
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
-    url: str = field(default="", init=False)
     tracking_uri: str = field(default="", init=False)
     """Where actors log to MLflow: the stack's server, the environment's URI, or `none`."""
+    registry: bool = False
+    """Docker runtime: start a private image registry (`registry`, storage under `home/registry`)
+    unless `EMBER_REGISTRY` names one; the services get its address in `EMBER_REGISTRY`."""
+    ui: bool = True
+    """Start the web dashboard (`ember.ui`, process `ui`) on `ui_port` (0: a free port)."""
+    ui_port: int = 0
+    metrics: bool = True
+    """Give each service a free port for its Prometheus `/metrics` (`metrics_urls`)."""
+    metrics_urls: dict[str, str] = field(default_factory=dict, init=False)
+    url: str = field(default="", init=False)
+    registry_address: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser().resolve()
@@ -143,16 +153,23 @@ class Stack:
             self._start_broker()
         self.broker_file.write_text(json.dumps({"url": self.url, "pid": os.getpid(), "mlflow": self.tracking_uri}) + "\n")
         self._owns_state = True
+        if self.registry:
+            self._start_registry()
         env = self._service_env()
         for name in self.services:
-            self.group.add(name, [sys.executable, "-m", f"ember.{name}"], env, group=1)
+            self.group.add(name, [sys.executable, "-m", f"ember.{name}"], self._metered(name, env), group=1)
+        if self.ui:
+            self.ui_port = self.ui_port if self.ui_port and _port_free(self.ui_port) else free_port()  # busy: another one
+            self.group.add("ui", [sys.executable, "-m", "ember.ui", "--port", str(self.ui_port)], self._metered("ui", env), group=1)
         mldata = {node: self._add_mldata(i, node, env) for i, node in enumerate(self.nodes, 1)} if self.mldata else {}
-        for name in [*self.services, *(f"mldata-{i}" for i in range(1, len(mldata) + 1))]:
+        for name in [*self.services, *(["ui"] if self.ui else []), *(f"mldata-{i}" for i in range(1, len(mldata) + 1))]:
             self.group.spawn(self.procs[name])
+        if self.ui:
+            self._wait_listening("ui", self.ui_port)
         for node, (port, _) in mldata.items():
             self._wait_listening(f"mldata-{node.split('-')[1]}", port)
         for i, node in enumerate(self.nodes, 1):
-            fenv = dict(env, EMBER_NODE_ID=node)
+            fenv = dict(self._metered(f"node-{i}", env), EMBER_NODE_ID=node)
             if node in mldata:
                 port, token = mldata[node]
                 fenv.update(
@@ -179,6 +196,10 @@ class Stack:
                 tracking += " (starting)"
                 threading.Thread(target=self._watch_tracking, args=(timeout,), name="stack-mlflow", daemon=True).start()
         self.group.say("stack", f"ready: broker {self.url}, MLflow {tracking}, {self.flamelets} flamelet(s), home {self.home}")
+        if self.ui:
+            self.group.say("stack", f"dashboard: {self.ui_url}")
+        if self.metrics_urls:
+            self.group.say("stack", "metrics: " + ", ".join(f"{name} {url}" for name, url in self.metrics_urls.items()))
 
     def wait_tracking(self, timeout: float = 90.0) -> None:
         """Until the stack's tracking server answers (at once when it runs none)."""
@@ -188,6 +209,18 @@ class Stack:
             tracking_server.wait_healthy(self.tracking_uri, timeout=timeout, process=self.procs["mlflow"].popen)
         except (RuntimeError, TimeoutError) as exc:
             raise StackError(f"{exc}:\n{self.tail('mlflow')}") from None
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}/"
+
+    def _metered(self, name: str, env: dict[str, str]) -> dict[str, str]:
+        """`env` with a free `EMBER_METRICS_PORT` for process `name` (when `metrics` is on)."""
+        if not self.metrics:
+            return env
+        port = free_port()
+        self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
+        return dict(env, EMBER_METRICS_PORT=str(port))
 
     def pid(self, name: str) -> int | None:
         return self.procs[name].pid if self.procs[name].alive() else None
@@ -227,6 +260,8 @@ class Stack:
             return
         with contextlib.suppress(FileNotFoundError):
             self.broker_file.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.home / "registry.json").unlink()
         for node in self.nodes:
             with contextlib.suppress(FileNotFoundError):
                 self.mldata_file(node).unlink()
@@ -272,6 +307,8 @@ class Stack:
             EMBER_MLFLOW_TRACKING_URI=self.tracking_uri,
             PYTHONUNBUFFERED="1",
         )
+        if self.registry_address:
+            env["EMBER_REGISTRY"] = self.registry_address
         env.setdefault("EMBER_LOG_FORMAT", "console" if self.color else "json")
         return env
 
@@ -315,6 +352,25 @@ class Stack:
         self._tracking_started = time.monotonic()
         self.tracking_uri = f"http://127.0.0.1:{port}"
 
+    def _start_registry(self) -> None:
+        """The image registry: `EMBER_REGISTRY` when set, else a private `docker-registry` on loopback."""
+        self.registry_address = self._base_env.get("EMBER_REGISTRY", "")
+        if self.registry_address:
+            return
+        from ember.registry import Registry, answers
+
+        registry = Registry(free_port(), self.home / "registry")
+        try:
+            argv = registry.argv()
+        except RuntimeError as exc:  # not installed: say what to install
+            raise StackError(str(exc)) from None
+        self.group.spawn(self.group.add("registry", argv, dict(self._base_env), group=0))
+        self._wait_listening("registry", registry.port, 30)
+        if not answers(registry.address, timeout=5):
+            raise StackError(f"the registry on {registry.address} does not answer on /v2/:\n{self.tail('registry')}")
+        self.registry_address = registry.address
+        (self.home / "registry.json").write_text(json.dumps({"address": registry.address, "pid": os.getpid()}) + "\n")
+
     def _add_mldata(self, index: int, node: str, env: dict[str, str]) -> tuple[int, str]:
         port, token = free_port(), secrets.token_urlsafe(24)
         data_dir = self.node_data_dir(node)
@@ -325,7 +381,7 @@ class Stack:
             json.dump({"node": node, "url": f"grpc://127.0.0.1:{port}", "token": token, "data_dir": str(data_dir)}, fh)
         argv = [sys.executable, "-m", "ember.mldata", "--port", str(port), "--data-dir", str(data_dir), "--node", node]
         # the token travels in the environment: not visible in `ps`, and never parsed as an option
-        self.group.add(f"mldata-{index}", argv, dict(env, EMBER_NODE_ID=node, EMBER_MLDATA_TOKEN=token), group=2)
+        self.group.add(f"mldata-{index}", argv, dict(self._metered(f"mldata-{index}", env), EMBER_NODE_ID=node, EMBER_MLDATA_TOKEN=token), group=2)
         return port, token
 
     async def _await_ready(self, timeout: float) -> None:
@@ -375,3 +431,15 @@ def _run_in_thread(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     if "error" in box:
         raise box["error"]
     return box.get("result")
+
+
+def _port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port` (the dashboard's preferred port may be taken)."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

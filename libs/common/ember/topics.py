@@ -8,6 +8,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+MAX_PARAM_LENGTH = 128
+PARAM_PATTERN = rf"^[A-Za-z0-9_.:@=+-]{{1,{MAX_PARAM_LENGTH}}}$"
+"""What one topic parameter (a node, job, actor, tag, action or client id) may hold: an id, not
+free text, short enough that every id and event id built from it stays within the envelope's bounds."""
+_PARAM_RE = re.compile(PARAM_PATTERN)
+
+
+def invalid_param(params: dict[str, str]) -> str | None:
+    """Why one of `params` is not an acceptable topic parameter, or None when all are."""
+    for name, value in params.items():
+        if not _PARAM_RE.fullmatch(value):
+            shown = value[:40] + ("..." if len(value) > 40 else "")
+            return f"topic parameter {name} {shown!r} ({len(value)} chars) is not 1-{MAX_PARAM_LENGTH} of [A-Za-z0-9_.:@=+-]"
+    return None
+
 
 @dataclass(frozen=True)
 class TopicTemplate:
@@ -42,7 +57,7 @@ class TopicTemplate:
         if len(levels) != len(self.levels):
             return None
         params: dict[str, str] = {}
-        for want, got in zip(self.levels, levels):
+        for want, got in zip(self.levels, levels, strict=True):
             if want[:1] == "{":
                 if not got:
                     return None
@@ -65,5 +80,6 @@ FL_DOWN = TopicTemplate("jobs/{job}/fl/{actor}/down", "Flower messages aggregato
 FL_CAST = TopicTemplate("jobs/{job}/fl/cast", "Flower messages aggregator -> every learner: one shared content, each learner's own metadata")
 FL_UP = TopicTemplate("jobs/{job}/fl/{actor}/up", "Flower messages learner -> aggregator")
 DATA = TopicTemplate("data/{tag}", "sensor readings from edge devices")
+BUNDLE = TopicTemplate("bundles/{digest}", "retained code bundle (gzip tar) named by its `sha256:<hex>` digest; cleared when no live job uses it")
 
-ALL = (REQUEST, REPLY, EVENT, NODE_INFO, NODE_STATUS, NODE_DESIRED, ACTOR_STATE, ACTOR_LOG, JOB_PROGRESS, FL_DOWN, FL_CAST, FL_UP, DATA)
+ALL = (REQUEST, REPLY, EVENT, NODE_INFO, NODE_STATUS, NODE_DESIRED, ACTOR_STATE, ACTOR_LOG, JOB_PROGRESS, FL_DOWN, FL_CAST, FL_UP, DATA, BUNDLE)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
@@ -31,7 +32,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 EXIT_CODES: dict[int, str] = {
     0: "success (with --wait: the job succeeded)",
     1: "internal error",
-    2: "invalid request or invalid job spec (each bad field is printed)",
+    2: "invalid request, job spec or settings (each bad field is printed)",
     3: "not found (unknown job, node or file)",
     4: "conflict (e.g. cancelling a job that already ended)",
     5: "timeout: no manager answered (is `ember up` running?)",
@@ -66,7 +67,7 @@ def fail(exc: EmberError | str, code: int | None = None) -> NoReturn:
 
 
 @asynccontextmanager
-async def connect(s: Settings | None = None, *, connect_timeout: float = 3.0):
+async def connect(s: Settings | None = None, *, connect_timeout: float = 3.0) -> AsyncIterator[Bus]:
     """A connected Bus to the broker `ember up` recorded (or `EMBER_MQTT_URL`)."""
     s = s or settings()
     url = s.resolved_mqtt_url()
@@ -95,7 +96,7 @@ async def call(bus: Bus, action: str, data: dict[str, Any] | None = None, *, tim
         ) from None
 
 
-def run(main: Callable[[], Awaitable[T]]) -> T:
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a command's coroutine; EmberErrors exit with their code, Ctrl-C with 130."""
     try:
         return asyncio.run(main())

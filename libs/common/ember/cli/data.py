@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.markup import escape
 
 from ember.cli.common import JSON_OPTION, console, fail, print_json, request, settings, table
 from ember.errors import EmberError, InvalidRequest, NotFound, Unavailable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from ember.data.client import MldataClient
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Push, list and drop ML data on a node's mldata (data never leaves its node).", no_args_is_help=True)
 
@@ -54,13 +62,13 @@ def targets(node: str | None, token: str | None, *, one: bool) -> dict[str, tupl
     return found
 
 
-def _client(url: str, token: str):
+def _client(url: str, token: str) -> MldataClient:
     from ember.data.client import MldataClient  # pyarrow.flight is imported only when needed
 
     return MldataClient(url, token, timeout=30)
 
 
-def read_table(path: Path):
+def read_table(path: Path) -> pa.Table:
     """A pyarrow table from .parquet, .csv, .arrow/.feather or .jsonl/.json."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -79,7 +87,7 @@ def read_table(path: Path):
         raise InvalidRequest(f"cannot read {path}: {exc}") from None
 
 
-def _guard(fn):
+def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except EmberError as exc:

@@ -38,7 +38,7 @@ def mock(
     s = settings()
     if transport == Transport.flight and (flight_url is None or token is None):
         state = local_nodes().get(node)
-        if state is None and (flight_url is None or token is None):
+        if state is None:
             fail(Unavailable(f"no local mldata for {node}: pass --flight-url and --token"))
         flight_url = flight_url or state["url"]
         token = token or state["token"]

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from ember import topics
+from ember.bundle_bus import bundle_spec, publish_bundle
 from ember.bus import Message
 from ember.cli.common import (
     JOB_CANCELLED,
@@ -32,6 +33,7 @@ from ember.cli.common import (
 )
 from ember.cli.render import detail
 from ember.cli.watch import TERMINAL, follow_job
+from ember.envelope import inbound
 from ember.errors import EmberError, NotFound, RequestTimeout
 from ember.events import ActorLogLines
 from ember.jobspec import load_spec_file
@@ -58,18 +60,24 @@ def submit(
 ) -> None:
     """Submit the job spec FILE (YAML) to the manager; relative code paths start at FILE's folder.
 
-    The manager validates the spec; an invalid spec prints each bad field and exits with code 2.
+    The code folder (`code.path`) is packed into a bundle (honouring .gitignore and .emberignore,
+    at most EMBER_BUNDLE_MAX_BYTES) and published first; the spec names it by digest. The manager
+    validates the spec; an invalid spec prints each bad field and exits with code 2.
     """
     if not file.is_file():
         fail(NotFound(f"no job file at {file}"))
     try:
-        spec = load_spec_file(file)
+        spec, bundle = bundle_spec(load_spec_file(file), file.resolve().parent, limit=settings().bundle_max_bytes)
     except EmberError as exc:
         fail(exc)
-    data = {"spec": spec, "spec_dir": str(file.resolve().parent)}
+    data = {"spec": spec}
 
     async def main() -> dict[str, Any]:
         async with connect() as bus:
+            if bundle is not None:
+                await publish_bundle(bus, bundle)
+                if not as_json:
+                    console.print(f"code: {bundle.files} files, {len(bundle.data) / 1024:.1f} KiB packed, {bundle.digest[:19]}…")
             reply = await call(bus, "jobs.submit", data, timeout=timeout)
             if not wait:
                 return reply
@@ -198,7 +206,8 @@ def logs(
             done = asyncio.Event()
 
             async def on_lines(message: Message) -> None:
-                lines = ActorLogLines.model_validate(message.envelope.data if message.envelope else {})
+                with inbound():
+                    lines = ActorLogLines.model_validate(message.body.data)
                 if lines.job == job and (actor is None or lines.actor == actor):
                     for line in lines.lines:
                         console.print(f"[cyan]{escape(lines.actor)}[/] │ {escape(line)}")

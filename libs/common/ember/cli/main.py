@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from ember.cli import asyncapi, data, devices, job, node, up
+from ember.cli import asyncapi, data, devices, job, node, provision, up
 from ember.cli.common import EXIT_HELP
 from ember.cli.services import add_service_commands
+from ember.cli.ui import add_ui_command
 
 app = typer.Typer(
     name="ember",
@@ -22,7 +23,9 @@ app.add_typer(node.app, name="node")
 app.add_typer(data.app, name="data")
 app.add_typer(devices.app, name="devices")
 app.command("asyncapi")(asyncapi.asyncapi)
+app.add_typer(provision.app, name="provision")
 add_service_commands(app)
+add_ui_command(app)
 
 
 def main() -> None:

@@ -2,13 +2,12 @@
 
 Options after `run` go to the service unchanged (`ember flamelet run --node n1` is
 `python -m ember.flamelet --node n1`); `ember <service> run --help` prints the service's options.
+Both run through `ember.service.run_main`, so they exit with the same codes.
 """
 
 from __future__ import annotations
 
 import importlib
-import runpy
-import sys
 
 import typer
 
@@ -23,7 +22,7 @@ PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_o
 
 
 def run_service(service: str, argv: list[str]) -> int:
-    """Call `ember.<service>.__main__.main(argv)` (or run the module) and return its exit code."""
+    """Call `ember.<service>.__main__.main(argv)`; its exit code (`ember.service.run_main`)."""
     module_name = f"ember.{service}.__main__"
     try:
         module = importlib.import_module(module_name)
@@ -32,12 +31,7 @@ def run_service(service: str, argv: list[str]) -> int:
             typer.echo(f"error: the {service} service is not installed in this build of Ember", err=True)
             return 1
         raise
-    main = getattr(module, "main", None)
-    if callable(main):
-        return int(main(argv) or 0)
-    sys.argv = [f"ember {service} run", *argv]
-    runpy.run_module(f"ember.{service}", run_name="__main__")
-    return 0
+    return int(module.main(argv))
 
 
 def add_service_commands(app: typer.Typer) -> None:

@@ -21,6 +21,9 @@ def up(
     mqtt_port: int = typer.Option(0, "--mqtt-port", min=0, max=65535, help="Port of the private Mosquitto (default: a free one)."),
     grace: float = typer.Option(10.0, "--grace", min=0, help="Seconds each process gets to stop on Ctrl-C/SIGTERM before SIGKILL."),
     no_mldata: bool = typer.Option(False, "--no-mldata", help="Do not start an mldata per node."),
+    runtime: str = typer.Option("process", "--runtime", help="process, or docker: also start an image registry (unless EMBER_REGISTRY names one)."),
+    ui_port: int = typer.Option(8765, "--ui-port", min=0, max=65535, help="Port of the web dashboard on 127.0.0.1 (0: a free one)."),
+    no_ui: bool = typer.Option(False, "--no-ui", help="Do not start the web dashboard."),
 ) -> None:
     """Start a private Mosquitto, MLflow's tracking server, the manager, builder, notifier and N flamelets;
     restart any that crashes (with backoff); Ctrl-C stops them in order.
@@ -29,9 +32,12 @@ def up(
     """
     from ember.stack import Stack
 
+    if runtime not in ("process", "docker"):
+        raise typer.BadParameter(f"{runtime!r}: use process or docker", param_hint="--runtime")
     home = (home or ember_home()).expanduser().resolve()
     env = dict(os.environ, EMBER_HOME=str(home))
-    stack = Stack(home, flamelets=flamelets, mqtt_url=mqtt_url, env=env, echo=sys.stdout, grace=grace, mldata=not no_mldata, mqtt_port=mqtt_port)
+    stack = Stack(home, flamelets=flamelets, mqtt_url=mqtt_url, env=env, echo=sys.stdout, grace=grace, mldata=not no_mldata, mqtt_port=mqtt_port,
+                  registry=runtime == "docker", ui=not no_ui, ui_port=ui_port)
 
     def on_term(*_: object) -> None:
         raise KeyboardInterrupt

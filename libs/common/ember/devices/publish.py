@@ -83,7 +83,7 @@ class MqttPublisher:
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: Any) -> None:
         self._tasks = None
         await self._stack.__aexit__(*exc)  # TaskGroup drains first, then the client disconnects
 

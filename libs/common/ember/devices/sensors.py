@@ -163,7 +163,10 @@ class Fleet:
         self.pos = i1
         parts = [s.next(i1 - i0) for s in self.streams]
         n_dev, n = len(parts), i1 - i0
-        interleave = lambda key: np.stack([part[key] for part in parts], axis=1).ravel()  # noqa: E731
+
+        def interleave(key: str) -> np.ndarray:
+            return np.stack([part[key] for part in parts], axis=1).ravel()
+
         columns: dict[str, Any] = {
             "ts": np.repeat(self.timestamps(i0, i1), n_dev),
             "device": pa.array(self.devices, pa.string()).take(pa.array(np.tile(np.arange(n_dev), n))),

@@ -8,6 +8,8 @@ have applied).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
@@ -17,7 +19,7 @@ from ember.eventlog.base import EventLog, StoredEvent
 
 class MongoEventLog(EventLog):
     def __init__(self, url: str, database: str = "ember") -> None:
-        self._client: AsyncMongoClient = AsyncMongoClient(url, tz_aware=True)
+        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
         db = self._client.get_default_database(default=database)
         self._events = db["events"]
         self._counters = db["counters"]
@@ -31,7 +33,7 @@ class MongoEventLog(EventLog):
             self._ready = True
 
     @staticmethod
-    def _stored(doc: dict, duplicate: bool = False) -> StoredEvent:
+    def _stored(doc: dict[str, Any], duplicate: bool = False) -> StoredEvent:
         return StoredEvent(doc["seq"], doc["aggregate"], Envelope.model_validate_json(doc["body"]), duplicate)
 
     async def append(self, envelope: Envelope, *, aggregate: str | None = None) -> StoredEvent:
@@ -42,6 +44,8 @@ class MongoEventLog(EventLog):
         counter = await self._counters.find_one_and_update(
             {"_id": "events"}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
         )
+        if counter is None:
+            raise RuntimeError("MongoDB returned no events counter after an upsert")
         doc = {
             "seq": counter["seq"],
             "id": envelope.id,
@@ -55,12 +59,15 @@ class MongoEventLog(EventLog):
         except DuplicateKeyError:
             # Same id raced in from another writer: the seq we took stays a hole, readers skip it.
             await self._events.insert_one({"seq": counter["seq"], "id": f"hole:{counter['seq']}", "aggregate": "hole", "subject": "", "type": "hole", "body": ""})
-            return self._stored(await self._events.find_one({"id": envelope.id}), duplicate=True)
+            raced = await self._events.find_one({"id": envelope.id})
+            if raced is None:
+                raise RuntimeError(f"event {envelope.id} was a duplicate key but cannot be read back") from None
+            return self._stored(raced, duplicate=True)
         return self._stored(doc)
 
     async def read(self, after: int = 0, *, limit: int | None = None, subject: str | None = None) -> list[StoredEvent]:
         await self._setup()
-        query: dict = {"seq": {"$gt": after}, "type": {"$ne": "hole"}}
+        query: dict[str, Any] = {"seq": {"$gt": after}, "type": {"$ne": "hole"}}
         if subject is not None:
             query["subject"] = subject
         cursor = self._events.find(query).sort("seq", 1)

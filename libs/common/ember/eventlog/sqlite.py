@@ -6,10 +6,14 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ember.envelope import Envelope
 from ember.eventlog.base import EventLog, StoredEvent
+
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
 SCHEMA = """
@@ -55,10 +59,10 @@ class SqliteEventLog(EventLog):
         self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._db.executescript(SCHEMA)
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(self._locked, fn, *args)
 
-    async def _run_short(self, fn, *args):
+    async def _run_short(self, fn: Callable[..., T], *args: Any) -> T:
         """A short write (an append): on the caller's thread when the database is free at once,
         which saves a thread hop and the event loop's wake-up (a socket write, which costs about
         as much as the append itself); in a worker thread, waiting up to `busy_timeout`, when
@@ -77,7 +81,7 @@ class SqliteEventLog(EventLog):
                 self._lock.release()
         return await self._run(fn, *args)
 
-    def _locked(self, fn, *args):
+    def _locked(self, fn: Callable[..., T], *args: Any) -> T:
         with self._lock:
             return fn(*args)
 
@@ -87,7 +91,7 @@ class SqliteEventLog(EventLog):
             "INSERT OR IGNORE INTO events (id, aggregate, subject, type, body) VALUES (?, ?, ?, ?, ?)",
             (envelope.id, aggregate, envelope.subject, envelope.type, body),
         )
-        if cur.rowcount == 1:
+        if cur.rowcount == 1 and cur.lastrowid is not None:
             return StoredEvent(cur.lastrowid, aggregate, envelope)
         row = self._db.execute("SELECT seq, aggregate, body FROM events WHERE id = ?", (envelope.id,)).fetchone()
         return StoredEvent(row[0], row[1], Envelope.model_validate_json(row[2]), duplicate=True)
@@ -96,7 +100,7 @@ class SqliteEventLog(EventLog):
         return await self._run_short(self._append, envelope, self.aggregate_for(envelope, aggregate))
 
     def _read(self, after: int, limit: int | None, subject: str | None) -> list[StoredEvent]:
-        sql, args = "SELECT seq, aggregate, body FROM events WHERE seq > ?", [after]
+        sql, args = "SELECT seq, aggregate, body FROM events WHERE seq > ?", list[int | str]([after])
         if subject is not None:
             sql += " AND subject = ?"
             args.append(subject)
@@ -110,14 +114,17 @@ class SqliteEventLog(EventLog):
         return await self._run(self._read, after, limit, subject)
 
     async def get(self, event_id: str) -> StoredEvent | None:
-        def fetch():
+        def fetch() -> StoredEvent | None:
             row = self._db.execute("SELECT seq, aggregate, body FROM events WHERE id = ?", (event_id,)).fetchone()
             return StoredEvent(row[0], row[1], Envelope.model_validate_json(row[2])) if row else None
 
         return await self._run(fetch)
 
     async def last_seq(self) -> int:
-        return await self._run(lambda: self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        def fetch() -> int:
+            return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+        return await self._run(fetch)
 
     async def close(self) -> None:
         await self._run(self._db.close)

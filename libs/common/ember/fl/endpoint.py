@@ -33,7 +33,7 @@ from ember import topics
 from ember.bus import Bus
 from ember.bus import Message as BusMessage
 from ember.fl import flwr_compat as compat
-from ember.fl.serde import Reassembler, chunk_message, decode_frame, signal, unpack_cast
+from ember.fl.serde import FrameError, Reassembler, chunk_message, decode_frame, signal, unpack_cast
 from ember.log import get_logger
 
 ClientAppLike = Callable[[Message, Context], Message]
@@ -134,7 +134,7 @@ class LearnerEndpoint:
     async def _on_down(self, message: BusMessage) -> None:
         if not message.payload:
             return
-        frame = decode_frame(message.payload)  # ValueError: logged, counted, dropped by the bus
+        frame = decode_frame(message.payload)  # FrameError: the bus drops it with one warning
         if frame.kind == "msg":
             whole = self._chunks.feed(frame)
             if whole is not None:
@@ -147,14 +147,14 @@ class LearnerEndpoint:
             self.log.info("learner.done", ok=self.done_ok, handled=self.handled)
             self.done.set()
         else:
-            raise ValueError(f"unexpected {frame.kind!r} frame on a down topic")
+            raise FrameError(f"unexpected {frame.kind!r} frame on a down topic")
 
     async def _on_cast(self, message: BusMessage) -> None:
         if not message.payload:
             return
-        frame = decode_frame(message.payload)  # ValueError: logged, counted, dropped by the bus
+        frame = decode_frame(message.payload)  # FrameError: the bus drops it with one warning
         if frame.kind != "msg":
-            raise ValueError(f"unexpected {frame.kind!r} frame on the cast topic")
+            raise FrameError(f"unexpected {frame.kind!r} frame on the cast topic")
         whole = self._cast_chunks.feed(frame)
         if whole is None:
             return

@@ -19,10 +19,19 @@ breaks one module and one contract test, loudly:
   the error codes of replies that never came.
 - The `[tool.flwr.app.config]` table of a Flower app's `pyproject.toml`, flattened with `.`,
   is its `run_config` (what `flwr run` passes to `Context.run_config`).
+
+One interpreter fault is worked around here too, because Flower's `Array.numpy()` is where Ember meets
+it: `np.load` parses each array's header with `ast.literal_eval`, and CPython 3.11 can fail two threads
+that build ASTs at once with `SystemError: AST constructor recursion depth mismatch`
+(python/cpython#106905; seen here on 3.11.7). Learners and the aggregator decode arrays on the event
+loop and in worker threads, so on 3.11 `ast.literal_eval` is serialised process-wide.
 """
 
 from __future__ import annotations
 
+import ast
+import sys
+import threading
 from collections.abc import Sequence
 from importlib.metadata import version as _dist_version
 from pathlib import Path
@@ -34,6 +43,23 @@ from flwr.common.serde import message_from_proto, message_to_proto, metadata_to_
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+
+def serialise_literal_eval() -> None:
+    """On CPython 3.11, make `ast.literal_eval` take a process-wide lock (idempotent)."""
+    if sys.version_info >= (3, 12) or getattr(ast.literal_eval, "_ember_serialised", False):
+        return
+    plain = ast.literal_eval
+    lock = threading.Lock()
+
+    def literal_eval(node_or_string: Any) -> Any:
+        with lock:
+            return plain(node_or_string)
+
+    literal_eval._ember_serialised = True  # type: ignore[attr-defined]
+    ast.literal_eval = literal_eval
+
+
+serialise_literal_eval()
 
 TESTED_FLWR = (">=1.41", "<1.42")
 """The flwr range this module was written and tested against (pyproject pins the same)."""

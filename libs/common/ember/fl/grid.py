@@ -46,7 +46,7 @@ from ember.bus import Message as BusMessage
 from ember.errors import EmberError
 from ember.fl import flwr_compat as compat
 from ember.fl.rounds import RoundBook, round_key
-from ember.fl.serde import Reassembler, chunk_message, decode_frame, pack_cast, signal
+from ember.fl.serde import FrameError, Kind, Reassembler, chunk_message, decode_frame, pack_cast, signal
 from ember.log import get_logger
 
 T = TypeVar("T")
@@ -282,7 +282,7 @@ class MqttGrid(Grid):
         self._armed = True
         return live
 
-    async def signal_all(self, kind: str, **header: Any) -> None:
+    async def signal_all(self, kind: Kind, **header: Any) -> None:
         """Publish a control frame (`ping`, `done`) to every learner."""
         await asyncio.gather(*(self.bus.publish(self._down(actor), signal(kind, **header)) for actor in self.learners))
 
@@ -361,11 +361,11 @@ class MqttGrid(Grid):
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             self._check()
-            waiting = [self._pending[i].future for i in ids if i in self._pending and not self._pending[i].future.done()]
+            waiting: list[asyncio.Future[Any]] = [self._pending[i].future for i in ids if i in self._pending and not self._pending[i].future.done()]
             remaining = None if deadline is None else deadline - loop.time()
             if not waiting or (remaining is not None and remaining <= 0):
                 return
-            changed = asyncio.ensure_future(self._changed.wait())
+            changed: asyncio.Future[Any] = asyncio.ensure_future(self._changed.wait())
             try:
                 await asyncio.wait([*waiting, changed], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -410,7 +410,7 @@ class MqttGrid(Grid):
             return
         if not message.payload:
             return
-        frame = decode_frame(message.payload)  # ValueError: the bus logs, counts and drops it
+        frame = decode_frame(message.payload)  # FrameError: the bus drops it with one warning
         if frame.kind == "ready":
             if actor not in self._ready or actor in self._gone:
                 self.log.info("grid.learner_ready", actor=actor)
@@ -431,7 +431,7 @@ class MqttGrid(Grid):
             pending.future.set_result(self._decoded(data))
             self.stats["replies"] += 1
         else:
-            raise ValueError(f"unexpected {frame.kind!r} frame from learner {actor}")
+            raise FrameError(f"unexpected {frame.kind!r} frame from learner {actor}")
 
     @staticmethod
     def _decoded(data: bytes) -> bytes | Message:

@@ -45,6 +45,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ember.envelope import DecodeError
+
 MAGIC = b"EMB1"
 _PREFIX = struct.Struct(">4sH")
 _U32 = struct.Struct(">I")
@@ -54,6 +56,10 @@ MAX_MESSAGE_BYTES = 2 * 1024 * 1024 * 1024
 MAX_CHUNKS = MAX_MESSAGE_BYTES // CHUNK_BYTES
 Kind = Literal["msg", "ready", "gone", "ping", "done"]
 KINDS = ("msg", "ready", "gone", "ping", "done")
+
+
+class FrameError(DecodeError):
+    """A frame that is not a valid Ember FL frame: the bus drops it with one warning."""
 
 
 @dataclass(frozen=True)
@@ -77,19 +83,19 @@ def signal(kind: Kind, **header: Any) -> bytes:
 def decode_frame(payload: bytes) -> Frame:
     """Parse one frame; raises ValueError with a short reason on anything malformed."""
     if len(payload) < _PREFIX.size:
-        raise ValueError(f"frame too short ({len(payload)} bytes)")
+        raise FrameError(f"frame too short ({len(payload)} bytes)")
     magic, head_len = _PREFIX.unpack_from(payload)
     if magic != MAGIC:
-        raise ValueError("not an Ember FL frame (bad magic)")
+        raise FrameError("not an Ember FL frame (bad magic)")
     end = _PREFIX.size + head_len
     if len(payload) < end:
-        raise ValueError("truncated frame header")
+        raise FrameError("truncated frame header")
     try:
         header = json.loads(payload[_PREFIX.size : end])
     except ValueError:
-        raise ValueError("frame header is not JSON") from None
+        raise FrameError("frame header is not JSON") from None
     if not isinstance(header, dict) or header.get("k") not in KINDS:
-        raise ValueError(f"unknown frame kind {header.get('k') if isinstance(header, dict) else header!r}")
+        raise FrameError(f"unknown frame kind {header.get('k') if isinstance(header, dict) else header!r}")
     kind = header.pop("k")
     return Frame(kind, header, bytes(payload[end:]))
 
@@ -130,13 +136,13 @@ class Reassembler:
         try:
             transfer, index, count, size = str(h["t"]), int(h["i"]), int(h["n"]), int(h["size"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError("msg frame header needs t, i, n, size") from None
+            raise FrameError("msg frame header needs t, i, n, size") from None
         if not (0 < count <= MAX_CHUNKS and 0 <= index < count and 0 <= size <= MAX_MESSAGE_BYTES):
-            raise ValueError(f"bad chunk {index}/{count} of {size} bytes")
+            raise FrameError(f"bad chunk {index}/{count} of {size} bytes")
         reply_to = h.get("re")
         if count == 1:
             if len(frame.body) != size:
-                raise ValueError(f"chunk holds {len(frame.body)} bytes, header says {size}")
+                raise FrameError(f"chunk holds {len(frame.body)} bytes, header says {size}")
             return frame.body, reply_to
         partial = self._partial.get(transfer)
         if partial is None:
@@ -146,14 +152,14 @@ class Reassembler:
                 self.dropped += 1
         elif partial.count != count or partial.size != size:
             del self._partial[transfer]
-            raise ValueError(f"chunk of transfer {transfer[:12]} disagrees on its count or size")
+            raise FrameError(f"chunk of transfer {transfer[:12]} disagrees on its count or size")
         partial.parts[index] = frame.body
         if len(partial.parts) < count:
             return None
         del self._partial[transfer]
         data = b"".join(partial.parts[i] for i in range(count))
         if len(data) != size:
-            raise ValueError(f"transfer {transfer[:12]} joined to {len(data)} bytes, header says {size}")
+            raise FrameError(f"transfer {transfer[:12]} joined to {len(data)} bytes, header says {size}")
         return data, partial.reply_to
 
 
@@ -181,7 +187,7 @@ def unpack_cast(data: bytes, actor: str) -> bytes | None:
             (head_len,) = _U32.unpack_from(view, offset)
             offset += _U32.size
             if offset + head_len > len(data):
-                raise ValueError("cast table runs past its end")
+                raise FrameError("cast table runs past its end")
             if mine is None and name == wanted:
                 mine = bytes(view[offset : offset + head_len])
             offset += head_len

@@ -54,9 +54,9 @@ class PyfuncModelManager:
 
     @staticmethod
     def wrap(manager: ModelManager) -> Any:
-        import mlflow.pyfunc
+        from mlflow.pyfunc import PythonModel
 
-        class ModelManagerModel(mlflow.pyfunc.PythonModel):
+        class ModelManagerModel(PythonModel):
             """Serves a trained Ember ModelManager through its `predict`."""
 
             def __init__(self, manager: ModelManager) -> None:

@@ -1,246 +1,142 @@
-"""Process-runtime artifacts: a venv per content hash of (code + requirements + Ember version).
+"""Process-runtime artifacts: the job's code as a bundle, plus its requirements, validated here.
 
-    <home>/artifacts/<key>/           the venv (bin/python, lib/..., pyvenv.cfg)
-                         code/       the job's code folder (or a clone of its git repo)
-                         artifact.json  written last; the folder is renamed into place after it
+    <home>/artifacts/bundles/<hex>/      a code bundle unpacked (ember.bundle), by its digest
+                         <hex>.bundle    its bytes, to publish again while a job uses it
+    <home>/artifacts/venvs/<key>/        a venv for a set of requirements (ember.venvs)
 
-The venv is made from the builder's own interpreter with `--without-pip`; a `.pth` file runs
-`site.addsitedir(<parent site-packages>)`, so Ember, Flower, numpy ... (and the parent's pip) are
-importable without reinstalling, while anything installed into the venv shadows them. Job
-requirements are installed by `<venv python> -m pip install` (the parent's pip, running in the
-venv): a requirement the parent already satisfies is reported "already satisfied" and not
-installed again, and when the parent satisfies all of them pip is not run at all, since starting
-pip's resolver costs more than the rest of a build (docs/benchmarks.md, "Figures behind the
-code"); `--target`/`--prefix` installs would reinstall what the parent has. Everything is built
-in a staging folder and renamed atomically, so a crash never leaves a half-built artifact that
-looks ready. Synchronous: the builder runs it in a thread.
+The builder never reads the submitter's disk: the code arrives as a bundle fetched by digest
+(`code.bundle`) or is cloned from `code.git` and packed into a bundle here. The artifact names
+the bundle and the requirements, nothing on this disk: a node fetches the bundle itself and
+prepares its own environment (ember.flamelet.code). The venv built here proves the
+requirements install; a node with the same interpreter builds the same one. Synchronous:
+the builder runs it in a thread.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import json
-import os
 import shutil
-import subprocess
-import sys
-import sysconfig
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from ember.bundle import ALWAYS_SKIPPED, STAGING_PREFIX, Bundle, BundleError, cached, pack, unpack_cached
 from ember.events import Artifact
 from ember.jobspec import JobSpec
+from ember.venvs import remove_staging as remove_staging_in
+from ember.venvs import (
+    BuildError,
+    BuildRun,
+    ember_version,
+    ensure_venv,
+    local_requirements,
+    ready_venv,
+    run_tool,
+    satisfied_by_parent,
+    tail,
+)
 
-IGNORED = (".git", "__pycache__", ".venv", ".pytest_cache", ".mypy_cache", ".ruff_cache", "*.pyc")
-LOG_TAIL_LINES = 40
-READY_FILE = "artifact.json"
-STAGING_PREFIX = ".tmp-"
-
-
-class BuildError(Exception):
-    """A build that cannot succeed; `reason` is one line, `log_tail` the tool's last output."""
-
-    def __init__(self, reason: str, log_tail: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.log_tail = log_tail
-
-
-@dataclass
-class BuildRun:
-    """Handle on a running build, so the builder can stop it (job cancelled, shutdown)."""
-
-    cancelled: bool = False
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+__all__ = ["BuildError", "BuildRun", "build", "ember_version", "fetch_code", "remove_staging", "satisfied_by_parent"]
+IGNORED = ALWAYS_SKIPPED
 
 
-def ember_version() -> str:
+def bundle_file(root: Path, digest: str) -> Path:
+    return root / "bundles" / f"{digest.removeprefix('sha256:')}.bundle"
+
+
+def clone(spec: JobSpec, root: Path, run: BuildRun) -> Bundle:
+    """Clone `code.git` at `code.ref` and pack it (its .gitignore honoured) into a bundle."""
+    assert spec.code.git
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     try:
-        return importlib.metadata.version("ember-flops")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def parent_site_packages() -> list[str]:
-    paths = sysconfig.get_paths()
-    return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
-
-
-def _run(cmd: list[str], run: BuildRun, *, cwd: Path | None = None, timeout: float = 600.0) -> tuple[int, str]:
-    """Run `cmd`, output merged; (exit code, output). Killed when `run` is cancelled."""
-    if run.cancelled:
-        raise BuildError("build cancelled")
-    env = {**os.environ, "PYTHONNOUSERSITE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    run.process = proc
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate()
-        raise BuildError(f"{Path(cmd[0]).name} {cmd[1:3]} timed out after {timeout:g}s", _tail(output)) from None
+        code, out = run_tool(["git", "clone", "--quiet", spec.code.git, str(dest)], run, timeout=300)
+        if code != 0:
+            raise BuildError(f"git clone of {spec.code.git} failed (exit {code})", tail(out))
+        code, out = run_tool(["git", "-C", str(dest), "checkout", "--quiet", "--detach", spec.code.ref], run)
+        if code != 0:
+            raise BuildError(f"git checkout of {spec.code.ref!r} in {spec.code.git} failed (exit {code})", tail(out))
+        try:
+            return pack(dest)
+        except BundleError as exc:
+            raise BuildError(f"cannot bundle {spec.code.git}: {exc.message}") from None
     finally:
-        run.process = None
-    if run.cancelled:
-        raise BuildError("build cancelled")
-    return proc.returncode, output.decode(errors="replace")
+        shutil.rmtree(dest, ignore_errors=True)
 
 
-def _tail(output: bytes | str, lines: int = LOG_TAIL_LINES) -> str:
-    text = output.decode(errors="replace") if isinstance(output, bytes) else output
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def fetch_code(spec: JobSpec, spec_dir: str, dest: Path, run: BuildRun) -> None:
-    """Put the job's code into `dest`: a copy of `code.path`, a clone of `code.git`, or nothing."""
+def code_folder(spec: JobSpec, root: Path, data: bytes | None, run: BuildRun) -> tuple[Path | None, str, Bundle | None]:
+    """(unpacked code folder, its digest, a bundle packed here from git) for the job's code.
+    `data`: the bytes of `code.bundle` when it is not in the cache yet."""
+    bundles = root / "bundles"
+    if spec.code.bundle:
+        digest = spec.code.bundle
+        folder = cached(digest, bundles)
+        if folder is None:
+            if data is None:
+                raise BuildError(f"code bundle {digest} is neither cached nor fetched")
+            try:
+                folder = unpack_cached(data, digest, bundles)
+            except BundleError as exc:
+                raise BuildError(exc.message) from None
+            bundle_file(root, digest).write_bytes(data)
+        return folder, digest, None
     if spec.code.git:
-        code, out = _run(["git", "clone", "--quiet", spec.code.git, str(dest)], run, timeout=300)
-        if code != 0:
-            raise BuildError(f"git clone of {spec.code.git} failed (exit {code})", _tail(out))
-        code, out = _run(["git", "-C", str(dest), "checkout", "--quiet", "--detach", spec.code.ref], run)
-        if code != 0:
-            raise BuildError(f"git checkout of {spec.code.ref!r} in {spec.code.git} failed (exit {code})", _tail(out))
-        shutil.rmtree(dest / ".git")
-        return
-    if spec.code.path is None and spec.probe is not None:
-        dest.mkdir()
-        return
-    path = Path(spec.code.path or ".")
-    if not path.is_absolute():
-        if not spec_dir:
-            raise BuildError(f"code.path {str(path)!r} is relative but the job has no spec_dir to resolve it against")
-        path = Path(spec_dir) / path
-    if not path.is_dir():
-        raise BuildError(f"code folder {path} does not exist or is not a folder")
-    shutil.copytree(path, dest, symlinks=True, ignore=shutil.ignore_patterns(*IGNORED))
+        packed = clone(spec, root, run)
+        folder = unpack_cached(packed.data, packed.digest, bundles)
+        bundle_file(root, packed.digest).write_bytes(packed.data)
+        return folder, packed.digest, packed
+    if spec.code.path:
+        raise BuildError(f"code.path {spec.code.path!r} names a folder on the submitter's disk, which the builder does not read: "
+                         "submit with `ember job submit` (it sends the code as code.bundle) or name code.git")
+    return None, "", None
 
 
-def requirement_lines(spec: JobSpec, code_dir: Path) -> list[str]:
+def requirement_lines(spec: JobSpec, code_dir: Path | None) -> list[str]:
     """The job's requirements as pip arguments (a file name is read from the code folder)."""
     reqs = spec.code.requirements
     if isinstance(reqs, list):
         return [r.strip() for r in reqs if r.strip()]
-    path = code_dir / reqs
-    if not path.is_file():
+    path = (code_dir / reqs) if code_dir is not None else None
+    if path is None or not path.is_file():
         raise BuildError(f"requirements file {reqs!r} not found in the code folder")
     lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
     return [line for line in lines if line]
 
 
-def artifact_key(code_dir: Path, requirements: list[str]) -> str:
-    """sha256 of every file under `code_dir` (path + content), the requirements and Ember's version."""
-    digest = hashlib.sha256()
-    for part in (f"ember={ember_version()}", f"python={sys.version}", f"prefix={sys.prefix}", *requirements):
-        digest.update(part.encode() + b"\0")
-    for path in sorted(p for p in code_dir.rglob("*") if not p.is_dir() or p.is_symlink()):
-        digest.update(str(path.relative_to(code_dir)).encode() + b"\0")
-        digest.update(os.readlink(path).encode() if path.is_symlink() else path.read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()
+def artifact_key(digest: str, requirements: list[str]) -> str:
+    """sha256 of the code's digest and the requirements."""
+    hasher = hashlib.sha256()
+    for part in (digest, *requirements):
+        hasher.update(part.encode() + b"\0")
+    return hasher.hexdigest()
 
 
-def artifact_of(folder: Path, key: str, *, cached: bool) -> Artifact:
-    return Artifact(kind="venv", key=key, python=str(folder / "bin" / "python"), code_dir=str(folder / "code"), cached=cached)
-
-
-def satisfied_by_parent(requirements: list[str]) -> bool:
-    """True when every requirement is a plain `name[<spec>]` the builder's own environment meets.
-
-    Then pip is not run at all (its resolver takes seconds even when nothing is to be done).
-    Anything else (URLs, options, extras, a missing or wrong version) is left to pip.
-    """
-    try:
-        from packaging.requirements import InvalidRequirement, Requirement
-    except ImportError:
-        return False
-    for line in requirements:
-        try:
-            req = Requirement(line)
-        except InvalidRequirement:
-            return False
-        if req.url or req.extras:
-            return False
-        if req.marker is not None and not req.marker.evaluate():
-            continue
-        try:
-            version = importlib.metadata.version(req.name)
-        except importlib.metadata.PackageNotFoundError:
-            return False
-        if not req.specifier.contains(version, prereleases=True):
-            return False
-    return True
-
-
-def _make_venv(staging: Path, run: BuildRun) -> None:
-    code, out = _run([sys.executable, "-m", "venv", "--without-pip", str(staging)], run, timeout=120)
-    if code != 0:
-        raise BuildError(f"python -m venv failed (exit {code})", _tail(out))
-    site = next((staging / "lib").glob("python*/site-packages"))
-    lines = [f"import site; site.addsitedir({path!r})" for path in parent_site_packages()]
-    (site / "_ember_parent.pth").write_text("\n".join(lines) + "\n")
-
-
-def _install(staging: Path, requirements: list[str], pip_args: list[str], run: BuildRun, timeout: float) -> None:
-    python = staging / "bin" / "python"
-    code, out = _run([str(python), "-m", "pip", "install", *pip_args, *requirements], run, cwd=staging / "code", timeout=timeout)
-    if code != 0:
-        errors = [line for line in out.splitlines() if line.startswith("ERROR")]
-        detail = f": {errors[-1].removeprefix('ERROR: ')}" if errors else ""
-        raise BuildError(f"pip install failed (exit {code}){detail}", _tail(out))
-
-
-def _fix_scripts(staging: Path, final: Path) -> None:
-    """Console scripts pip wrote carry the staging path in their shebang; point them at `final`."""
-    for script in (staging / "bin").iterdir():
-        if script.is_symlink() or not script.is_file():
-            continue
-        head = script.read_bytes()[:512]
-        if head.startswith(b"#!") and str(staging).encode() in head:
-            script.write_bytes(script.read_bytes().replace(str(staging).encode(), str(final).encode()))
-
-
-def build(spec: JobSpec, spec_dir: str, root: Path, run: BuildRun, *, pip_args: list[str] = (), timeout: float = 600.0) -> Artifact:
-    """Build (or reuse) the job's artifact under `root`; raises BuildError with an excerpt."""
+def build(spec: JobSpec, root: Path, run: BuildRun, *, data: bytes | None = None, pip_args: list[str] | tuple[str, ...] = (),
+          timeout: float = 600.0) -> tuple[Artifact, Bundle | None]:
+    """The job's artifact (and the bundle packed here from git, to publish); BuildError with an excerpt."""
     root.mkdir(parents=True, exist_ok=True)
-    staging = root / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
-    try:
-        fetch_code(spec, spec_dir, staging / "code", run)
-        requirements = requirement_lines(spec, staging / "code")
-        key = artifact_key(staging / "code", requirements)
-        final = root / key
-        if (final / READY_FILE).is_file():
-            return artifact_of(final, key, cached=True)
-        _make_venv(staging, run)
-        if requirements and not satisfied_by_parent(requirements):
-            _install(staging, requirements, list(pip_args), run, timeout)
-        _fix_scripts(staging, final)
-        artifact = artifact_of(final, key, cached=False)
-        meta = {"key": key, "requirements": requirements, "ember": ember_version(), "artifact": artifact.model_dump()}
-        (staging / READY_FILE).write_text(json.dumps(meta, indent=2))
-        try:
-            staging.rename(final)
-        except OSError:
-            if (final / READY_FILE).is_file():  # built meanwhile by someone else
-                return artifact_of(final, key, cached=True)
-            raise
-        return artifact
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    code_cached = bool(spec.code.bundle and cached(spec.code.bundle, root / "bundles"))
+    folder, digest, packed = code_folder(spec, root, data, run)
+    requirements = requirement_lines(spec, folder)
+    venvs = root / "venvs"
+    venv_cached = ready_venv(venvs, requirements, digest if local_requirements(requirements) else "") is not None
+    venv = ensure_venv(venvs, requirements, run, pip_args=pip_args, timeout=timeout, cwd=folder, salt=digest)
+    artifact = Artifact(kind="bundle", key=artifact_key(digest, requirements), bundle=digest, requirements=requirements,
+                        cached=code_cached and (venv is None or venv_cached))
+    return artifact, packed
+
+
+def fetch_code(spec: JobSpec, source: str, dest: Path, run: BuildRun) -> None:
+    """Copy the job's code folder `source` (from `code_folder`; "" for a job without code) to `dest`."""
+    if run.cancelled:
+        raise BuildError("build cancelled")
+    if not source:
+        if spec.code.bundle or spec.code.git or spec.code.path:
+            raise BuildError("internal: the job has code but no code folder was prepared (call code_folder first)")
+        dest.mkdir()
+        return
+    shutil.copytree(source, dest, symlinks=True)
 
 
 def remove_staging(root: Path) -> int:
     """Delete staging folders a crashed build left behind; how many."""
-    if not root.is_dir():
-        return 0
-    stale = [p for p in root.iterdir() if p.name.startswith(STAGING_PREFIX) and p.is_dir()]
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return len(stale)
+    return sum(remove_staging_in(folder) for folder in (root, root / "bundles", root / "venvs"))

@@ -1,7 +1,7 @@
 """The flamelet: one worker node's agent (lifecycle and wiring).
 
     async with Flamelet(settings) as flamelet:   # adopts, connects, announces, reconciles
-        await flamelet.wait_stopped()            # until stop() (SIGTERM) or a fatal error
+        await flamelet.wait_stopped()            # until request_stop() (SIGTERM) or a loop dies
 
 It announces the node (retained `NodeInfo` and `NodeStatus` online, with a retained Last Will
 `offline`), re-announces on every (re)connect, applies `nodes/{node}/desired` through the
@@ -13,44 +13,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter as TallyCounter
+from collections.abc import Coroutine, Iterable
 from datetime import datetime
+from typing import Any
 
 from ember import topics
 from ember.bus import Bus
+from ember.datasummary import summary_stamp
 from ember.envelope import Envelope, utcnow
-from ember.errors import Unavailable
+from ember.errors import InvalidSettings, Unavailable
 from ember.events import ActorLogLines, ActorReport, ActorSpec, NodeStatus
 from ember.flamelet.handlers import desired_handler
-from ember.flamelet.node import node_info, summary_stamp
+from ember.flamelet.node import node_info
 from ember.flamelet.process import ProcessRuntime
 from ember.flamelet.runtime import Runtime
 from ember.flamelet.settings import FlameletSettings
 from ember.flamelet.supervisor import Supervisor
-from ember.log import get_logger
+from ember.metrics import Metric, tally_gauge
+from ember.service import Service, service_bus
 
 
-class Flamelet:
+class Flamelet(Service):
+    """One node's agent as an `ember.service.Service`; its loops announce the node and watch
+    the mldata summary, and the supervisor's actor watchers run in the same task group."""
+
+    name = "flamelet"
+
     def __init__(self, settings: FlameletSettings, *, runtime: Runtime | None = None) -> None:
+        super().__init__(grace=None)  # the supervisor gives each actor `flamelet_stop_grace`, then SIGKILL
         node = settings.node_id
         if not node or any(c in node for c in "/+#\x00"):
-            raise ValueError(f"a flamelet needs a node id without '/', '+' or '#' (got {node!r}); pass --node or EMBER_NODE_ID")
+            raise InvalidSettings(f"a flamelet needs a node id without '/', '+' or '#' (got {node!r}); pass --node or EMBER_NODE_ID")
         self.settings = settings
         self.node = node
         self.root = settings.topic_root
         self.started: datetime = utcnow()
         self._will_since = self._online_since = self.started
         self.runtime = runtime or ProcessRuntime(settings.actors_dir)
-        self.log = get_logger("ember.flamelet", node=node)
-        self.bus = Bus(
-            settings.resolved_mqtt_url(),
-            client_id=f"ember-flamelet-{node}",
-            root=self.root,
-            persistent=True,
-            keepalive=settings.keepalive,
-            will=self._will(),
-            source=f"flamelet/{node}",
-            on_connect=self._on_connect,
-        )
+        self.log = self.log.bind(node=node)
+        self.bus = service_bus(settings, f"ember-flamelet-{node}", f"flamelet/{node}", will=self._will(), on_connect=self._on_connect)
         self.supervisor = Supervisor(
             node,
             self.runtime,
@@ -62,59 +64,40 @@ class Flamelet:
         )
         self.bus.subscribe(topics.NODE_DESIRED, desired_handler(self.supervisor), node=node)
         self._announce = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._main: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
-    async def __aenter__(self) -> Flamelet:
-        """Start, and return once connected and announced (raises if it could not start)."""
-        self._main = asyncio.get_running_loop().create_task(self.run(), name=f"flamelet:{self.node}")
-        ready = asyncio.ensure_future(self._ready.wait())
-        await asyncio.wait({ready, self._main}, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if self._main.done():
-            self._main.result()  # re-raise why it could not start
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.shutdown()
-
-    def stop(self) -> None:
-        """Ask for a clean shutdown (safe from a signal handler)."""
-        self._stop.set()
-
-    async def shutdown(self) -> None:
-        """Idempotent: stop and wait until the flamelet has shut down."""
-        self.stop()
-        if self._main is not None:
-            await self._main
-
-    async def wait_stopped(self) -> None:
-        assert self._main is not None
-        await self._main
-
-    async def run(self) -> None:
-        """Adopt, connect, serve until stopped; then stop actors, announce offline, disconnect."""
+    async def open(self) -> None:
+        """Adopt the actors a previous flamelet left running; connect (waiting for the broker)."""
         await self.supervisor.adopt()
         await self.bus.start(wait=None)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                self.supervisor.bind(tg)
-                loops = [
-                    tg.create_task(self._announcer(), name="announcer"),
-                    tg.create_task(self._watch_summary(), name="summary"),
-                ]
-                self.log.info("flamelet.started", actors=len(self.supervisor.actors), runtime=self.runtime.name)
-                await self._stop.wait()
-                self.log.info("flamelet.stopping", leave_actors=self.settings.flamelet_leave_actors)
-                await self.supervisor.shutdown(leave=self.settings.flamelet_leave_actors)
-                for task in loops:
-                    task.cancel()
-                await self._publish_status("offline", timeout=2.0)
-        finally:
-            await self.bus.shutdown()
-            self.log.info("flamelet.stopped")
+
+    def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
+        self.supervisor.bind(self.group)
+        return {"announcer": self._announcer(), "summary": self._watch_summary()}
+
+    async def ready(self) -> None:
+        """Until connected and announced."""
+        await self._ready.wait()
+
+    async def drain(self) -> None:
+        """Stop the actors (each gets `flamelet_stop_grace`), unless `flamelet_leave_actors`."""
+        if self.settings.flamelet_leave_actors:
+            self.log.info("flamelet.leaving_actors", actors=len(self.supervisor.actors))
+        await self.supervisor.shutdown(leave=self.settings.flamelet_leave_actors)
+
+    async def close(self) -> None:
+        """Announce `offline` (a clean disconnect sends no Last Will) and disconnect."""
+        if self.bus.connected:
+            await self._publish_status("offline", timeout=2.0)
+        await self.bus.shutdown()
+
+    def metrics(self) -> Iterable[Metric]:
+        states = TallyCounter((m.report.state.value,) for m in self.supervisor.actors.values())
+        return [tally_gauge("ember_flamelet_actors", "Actors on this node by state", ["state"], states)]
+
+    def started_fields(self) -> dict[str, Any]:
+        return {"actors": len(self.supervisor.actors), "runtime": self.runtime.name}
 
     # --- announcing --------------------------------------------------------------------------
     def _will(self) -> tuple[str, bytes, bool]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ember.bus import Message
+from ember.envelope import inbound
 from ember.events import DesiredState
 from ember.flamelet.supervisor import Supervisor
 from ember.log import get_logger
@@ -11,9 +12,8 @@ log = get_logger("ember.flamelet.handlers")
 
 
 def parse_desired(message: Message, node: str) -> DesiredState:
-    """The desired state in `message`; ValueError (counted and dropped by the bus) otherwise."""
-    assert message.envelope is not None
-    desired = DesiredState.model_validate(message.envelope.data)
+    """The desired state in `message`; ValueError otherwise."""
+    desired = DesiredState.model_validate(message.body.data)
     if desired.node != node or message.params.get("node") != node:
         raise ValueError(f"desired state for node {desired.node!r} on the topic of {message.params.get('node')!r}")
     for spec in desired.actors:
@@ -26,7 +26,8 @@ def desired_handler(supervisor: Supervisor):
     """Handler for `nodes/{node}/desired`."""
 
     async def on_desired(message: Message) -> None:
-        desired = parse_desired(message, supervisor.node)
+        with inbound():
+            desired = parse_desired(message, supervisor.node)
         applied = await supervisor.apply(desired)
         if applied:
             log.info("flamelet.desired_applied", node=supervisor.node, revision=desired.revision, actors=len(desired.actors))

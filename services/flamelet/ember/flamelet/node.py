@@ -1,17 +1,14 @@
-"""What a flamelet announces about its node: `NodeInfo` (machine, roles, data tags)."""
+"""What a flamelet announces about its node: `NodeInfo` (machine, roles, runtimes, data tags)."""
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime
 from pathlib import Path
 
+from ember.datasummary import DataSummary
 from ember.events import NodeInfo
 from ember.flamelet.settings import FlameletSettings
-
-SUMMARY_FILE = "_summary.json"
-"""Written by the node's mldata (see `ember.mldata.summary`): `{"v": 1, "tags": {tag: {"rows": n}}}`."""
 
 
 def memory_mb() -> int:
@@ -24,33 +21,15 @@ def memory_mb() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024))
 
 
-def data_tags(data_dir: Path | None) -> dict[str, int]:
-    """Data tags held by the node's mldata and their row counts; {} without a readable summary."""
-    if data_dir is None:
-        return {}
-    try:
-        doc = json.loads((data_dir / SUMMARY_FILE).read_text())
-        return {str(tag): int(entry.get("rows", 0)) for tag, entry in doc["tags"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
-
-
-def summary_stamp(data_dir: Path | None) -> float | None:
-    """Modification time of the summary file (None when absent): a change means new tags."""
-    try:
-        return (data_dir / SUMMARY_FILE).stat().st_mtime if data_dir else None
-    except OSError:
-        return None
-
-
 def node_info(settings: FlameletSettings, started: datetime) -> NodeInfo:
+    """The node's info; its data tags come from the summary file of the node's mldata."""
     return NodeInfo(
         node=settings.node_id,
         cpus=settings.flamelet_cpus or os.cpu_count() or 1,
         memory_mb=settings.flamelet_memory_mb or memory_mb(),
         capabilities=list(settings.flamelet_capabilities),
         runtimes=["process"],
-        data=data_tags(settings.mldata_data_dir),
+        data=DataSummary.read(settings.mldata_data_dir).rows(),
         mldata_url=settings.mldata_url,
         started=started,
     )

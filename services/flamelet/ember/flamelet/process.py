@@ -6,7 +6,8 @@ Per actor, in `$EMBER_HOME/nodes/<node>/actors/`:
 - `<actor>.exit` its exit code, written by the shim when it ends (even if no flamelet watched).
 
 The actor runs `<artifact.python> -m <module> <args>` with the flamelet's environment, the
-spec's env on top and `PYTHONPATH=<artifact.code_dir>`, in its own session and process group
+spec's env on top and `PYTHONPATH=<artifact.code_dir>`; for a `bundle` artifact, python and
+code folder are this node's own, prepared first (`ember.flamelet.code`), in its own session and process group
 (so stopping it stops everything it started, and a dying flamelet does not take it along).
 An actor is watched through a pidfd (woken by the kernel when it ends, no polling).
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ember.events import ActorSpec
+from ember.flamelet.code import CodeCache
 from ember.flamelet.runtime import ActorExit, StartFailed
 from ember.log import get_logger
 
@@ -171,9 +173,10 @@ class ProcessRuntime:
 
     name = "process"
 
-    def __init__(self, actors_dir: Path, *, base_env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, actors_dir: Path, *, base_env: Mapping[str, str] | None = None, code: CodeCache | None = None) -> None:
         self.actors_dir = actors_dir
         self.base_env = dict(os.environ if base_env is None else base_env)
+        self.code = code or CodeCache.from_env(actors_dir.parent / "code", self.base_env)
         actors_dir.mkdir(parents=True, exist_ok=True)
 
     def files(self, actor: str) -> ActorFiles:
@@ -198,6 +201,9 @@ class ProcessRuntime:
         if spec.runtime != self.name:
             raise StartFailed(f"this node runs actors with the {self.name!r} runtime, not {spec.runtime!r}")
         files = self.files(spec.actor)
+        if spec.artifact.bundle:
+            python, code_dir = await self.code.prepare(spec)
+            spec = spec.model_copy(update={"artifact": spec.artifact.model_copy(update={"python": python, "code_dir": code_dir})})
         command = self.command(spec)
         code_dir = spec.artifact.code_dir
         if code_dir and not Path(code_dir).is_dir():

@@ -27,6 +27,9 @@ class FlameletSettings(Settings):
     """How often new actor log lines are batched onto `nodes/{node}/actors/{actor}/log`."""
     flamelet_summary_interval: float = Field(default=5.0, gt=0)
     """How often the mldata summary file is checked for new data tags."""
+    flamelet_pip_args: str = ""
+    """Extra `pip install` arguments for the venvs this node prepares for jobs' requirements
+    (`ember.flamelet.code`), e.g. `--no-index --find-links /srv/wheels` on an offline node."""
     mldata_data_dir: Path | None = None
     """The node's mldata folder (`EMBER_MLDATA_DATA_DIR`); its `_summary.json` lists the data tags."""
     mldata_url: str = ""

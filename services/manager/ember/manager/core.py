@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ember.actions import SubmitJob
 from ember.bus import Bus
 from ember.errors import Conflict, InvalidRequest
 from ember.eventlog.base import EventLog, StoredEvent
 from ember.events import ActorReport, Event, JobResult, NodeInfo, NodeStatus, RoundCompleted
 from ember.follower import LogFollower, append_and_publish
 from ember.log import get_logger
-from ember.manager import decide, jobs, reports
-from ember.manager.nodes import NodeTable
+from ember.manager import decide, jobs, membership, reports
+from ember.nodes import NodeTable
 from ember.projection import Projection
 
 log = get_logger("ember.manager")
@@ -48,7 +49,7 @@ class Manager:
         return stored
 
     # --- requests --------------------------------------------------------------------------
-    async def submit(self, request: jobs.SubmitRequest, request_id: str) -> dict[str, Any]:
+    async def submit(self, request: SubmitJob, request_id: str) -> dict[str, Any]:
         try:
             job, event_id, event = jobs.submitted(request, request_id)
         except InvalidRequest as exc:
@@ -78,7 +79,7 @@ class Manager:
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         await self.catch_up()
-        return self.nodes.listing(self.projection)
+        return membership.listing(self.nodes, self.projection)
 
     # --- reports ---------------------------------------------------------------------------
     async def record_actor(self, report: ActorReport) -> None:
@@ -111,7 +112,7 @@ class Manager:
         if status is not None:
             self.nodes.update_status(status)
         await self.catch_up()
-        decision = self.nodes.membership_event(node, self.projection)
+        decision = membership.membership_event(self.nodes, node, self.projection)
         if decision is not None:
             await self.append(decision[0], node, decision[1])
 

@@ -1,23 +1,25 @@
 """Topic -> function for the manager. Thin: decode, bind ids, call `Manager`, let errors out.
 
-The bus turns an `EmberError` from a request handler into a typed error reply, and logs, counts
-(`bus.stats["dropped_invalid"]`) and drops a payload whose `data` does not validate.
+Requests: the bus validates each against its action's model (`ember.actions`) and turns an
+`EmberError` into a typed error reply. Reports: a payload whose `data` does not validate (parsed
+inside `inbound()`) is logged, counted (`bus.stats["dropped_invalid"]`) and dropped by the bus.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-from ember import topics
+from ember import actions, topics
+from ember.actions import GetJob, JobRef, NoArguments, SubmitJob
 from ember.bus import Bus, Message
-from ember.envelope import Envelope
+from ember.envelope import Envelope, inbound
 from ember.errors import Unavailable
-from ember.manager import jobs, reports
+from ember.manager import reports
 from ember.manager.core import Manager
-from ember.manager.nodes import parse_info, parse_status
+from ember.nodes import parse_info, parse_status
 
 
 class Gate:
@@ -46,55 +48,51 @@ class Gate:
 def register(bus: Bus, manager: Manager, gate: Gate) -> None:
     """Declare every request and subscription of the manager on `bus` (before it starts)."""
 
-    def request(fn: Callable[[Envelope], Awaitable[Any]]) -> Callable[[Envelope], Awaitable[Any]]:
-        async def handle(envelope: Envelope) -> Any:
-            async with gate.enter():
-                return await fn(envelope)
+    async def submit(request: SubmitJob, envelope: Envelope) -> Any:
+        async with gate.enter():
+            return await manager.submit(request, envelope.id)
 
-        return handle
+    async def cancel(request: JobRef, _envelope: Envelope) -> Any:
+        async with gate.enter():
+            return await manager.cancel(request.job)
 
-    async def submit(envelope: Envelope) -> Any:
-        return await manager.submit(jobs.parse_request(jobs.SubmitRequest, envelope.data), envelope.id)
+    async def get(request: GetJob, _envelope: Envelope) -> Any:
+        async with gate.enter():
+            return await manager.get(request.job, request.rounds)
 
-    async def cancel(envelope: Envelope) -> Any:
-        return await manager.cancel(jobs.parse_request(jobs.JobRef, envelope.data).job)
+    async def list_jobs(_request: NoArguments, _envelope: Envelope) -> Any:
+        async with gate.enter():
+            return await manager.list_jobs()
 
-    async def get(envelope: Envelope) -> Any:
-        request = jobs.parse_request(jobs.GetRequest, envelope.data)
-        return await manager.get(request.job, request.rounds)
+    async def list_nodes(_request: NoArguments, _envelope: Envelope) -> Any:
+        async with gate.enter():
+            return await manager.list_nodes()
 
-    async def list_jobs(envelope: Envelope) -> Any:
-        jobs.parse_request(jobs.Empty, envelope.data)
-        return await manager.list_jobs()
-
-    async def list_nodes(envelope: Envelope) -> Any:
-        jobs.parse_request(jobs.Empty, envelope.data)
-        return await manager.list_nodes()
-
-    for action, fn in (
-        ("jobs.submit", submit),
-        ("jobs.cancel", cancel),
-        ("jobs.get", get),
-        ("jobs.list", list_jobs),
-        ("nodes.list", list_nodes),
-    ):
-        bus.serve(action, request(fn))
+    bus.serve(actions.JOBS_SUBMIT, submit)
+    bus.serve(actions.JOBS_CANCEL, cancel)
+    bus.serve(actions.JOBS_GET, get)
+    bus.serve(actions.JOBS_LIST, list_jobs)
+    bus.serve(actions.NODES_LIST, list_nodes)
 
     async def on_actor_state(message: Message) -> None:
-        assert message.envelope is not None
-        await manager.record_actor(reports.parse_actor_report(message.envelope, message.params))
+        with inbound():
+            report = reports.parse_actor_report(message.body, message.params)
+        await manager.record_actor(report)
 
     async def on_progress(message: Message) -> None:
-        assert message.envelope is not None
-        await manager.record_progress(message.params["job"], reports.parse_progress(message.envelope))
+        with inbound():
+            progress = reports.parse_progress(message.body)
+        await manager.record_progress(message.params["job"], progress)
 
     async def on_info(message: Message) -> None:
-        assert message.envelope is not None
-        await manager.record_node(message.params["node"], info=parse_info(message.envelope, message.params))
+        with inbound():
+            info = parse_info(message.body, message.params)
+        await manager.record_node(message.params["node"], info=info)
 
     async def on_status(message: Message) -> None:
-        assert message.envelope is not None
-        await manager.record_node(message.params["node"], status=parse_status(message.envelope, message.params))
+        with inbound():
+            status = parse_status(message.body, message.params)
+        await manager.record_node(message.params["node"], status=status)
 
     bus.subscribe(topics.ACTOR_STATE, on_actor_state)
     bus.subscribe(topics.JOB_PROGRESS, on_progress)

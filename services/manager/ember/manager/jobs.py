@@ -1,57 +1,19 @@
-"""Job requests as plain functions: validate, decide which event to append, shape the reply.
+"""Job requests as plain functions: decide which event to append, shape the reply.
 
-Nothing here knows MQTT or the event log; `handlers.py` decodes and `app.py` appends.
+Nothing here knows MQTT or the event log: the bus validates each request against its model in
+`ember.actions`, `handlers.py` hands it over and `core.py` appends.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
+from ember.actions import SubmitJob
 from ember.errors import Conflict, InvalidRequest, NotFound
 from ember.events import JobCancelled, JobSubmitted, fact_id
-from ember.jobspec import validate_spec
+from ember.jobspec import submittable_spec
 from ember.projection import TERMINAL_EVENT, JobView, Projection
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SubmitRequest(_Request):
-    spec: Any
-    spec_dir: str = ""
-
-
-class JobRef(_Request):
-    job: str
-
-
-class GetRequest(JobRef):
-    rounds: int | None = Field(default=None, ge=0)
-    """Only the latest N rounds (a live view needs the newest, not all of them); None: all."""
-
-
-class Empty(_Request):
-    pass
-
-
-T = TypeVar("T", bound=_Request)
-
-
-def parse_request(model: type[T], data: dict[str, Any]) -> T:
-    """The request's `data` as `model`, or InvalidRequest naming each bad field."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        details = [
-            {"field": ".".join(str(p) for p in err["loc"]) or "(data)", "reason": err["msg"]}
-            for err in exc.errors(include_url=False, include_input=False)
-        ]
-        summary = "; ".join(f"{d['field']}: {d['reason']}" for d in details)
-        raise InvalidRequest(f"invalid request: {summary}", details=details) from None
 
 
 def job_id(name: str, request_id: str) -> str:
@@ -62,9 +24,9 @@ def job_id(name: str, request_id: str) -> str:
     return f"{name}-{suffix}"
 
 
-def submitted(request: SubmitRequest, request_id: str) -> tuple[str, str, JobSubmitted]:
+def submitted(request: SubmitJob, request_id: str) -> tuple[str, str, JobSubmitted]:
     """(job id, event id, JobSubmitted) for a valid spec; InvalidJobSpec names every bad field."""
-    spec = validate_spec(request.spec)
+    spec = submittable_spec(request.spec)
     if request.spec_dir and not request.spec_dir.startswith("/"):
         raise InvalidRequest(
             f"spec_dir must be an absolute path, got {request.spec_dir!r}",

@@ -2,7 +2,8 @@
 
 A report is turned into the event to append (with its deterministic id) or into `Skip` with a
 reason to log. Payloads that do not validate raise `ValueError` (pydantic's ValidationError is
-one), which the bus logs, counts as `dropped_invalid` and drops.
+one); `handlers.py` parses inside `ember.envelope.inbound()`, so the bus logs, counts
+(`dropped_invalid`) and drops such a payload.
 """
 
 from __future__ import annotations

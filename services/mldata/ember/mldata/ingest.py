@@ -113,12 +113,14 @@ class Ingestor:
             check_tag(tag)
             envelope = decode(payload)
         except (DecodeError, InvalidTag) as exc:
-            return self._malformed_message(tag, str(exc))
+            self._malformed_message(tag, str(exc))
+            return None
         readings = envelope.data.get("readings")
         if type(readings) is dict:
             readings = [readings]
         if type(readings) is not list or not readings:
-            return self._malformed_message(tag, "data.readings is not a non-empty list of readings")
+            self._malformed_message(tag, "data.readings is not a non-empty list of readings")
+            return None
         buffer = self._buffers.get(tag)
         if buffer is None:
             buffer = self._buffers[tag] = []
@@ -129,7 +131,7 @@ class Ingestor:
             if good is None:
                 bad += 1
                 if bad == 1:
-                    log.warning("reading_dropped", tag=tag, reason=reason, message=envelope.id)
+                    log.warning("mldata.reading_dropped", tag=tag, reason=reason, message=envelope.id)
             elif self.node is not None and good.get("node", self.node) != self.node:
                 elsewhere += 1  # another node's reading on a shared broker: not ours to keep
             else:
@@ -143,7 +145,7 @@ class Ingestor:
 
     def _malformed_message(self, tag: str, reason: str) -> None:
         self.counters["messages_malformed"] += 1
-        log.warning("message_dropped", tag=tag[:200], reason=reason[:300])
+        log.warning("mldata.message_dropped", tag=tag[:200], reason=reason[:300])
         return None
 
     # Taking buffers -----------------------------------------------------------------------
@@ -178,10 +180,10 @@ class Ingestor:
         table, dropped, ignored = readings_table(batch.rows, self.store.schema_of(batch.tag))
         if dropped:
             self.counters["readings_unfit"] += dropped
-            log.warning("readings_dropped_at_flush", tag=batch.tag, readings=dropped, reason="values do not fit the tag's column types")
+            log.warning("mldata.readings_dropped_at_flush", tag=batch.tag, readings=dropped, reason="values do not fit the tag's column types")
         if ignored:
             self.counters["fields_ignored"] += len(ignored)
-            log.warning("fields_ignored", tag=batch.tag, fields=ignored[:20], reason="not in the tag's schema")
+            log.warning("mldata.fields_ignored", tag=batch.tag, fields=ignored[:20], reason="not in the tag's schema")
         if table.num_rows == 0:
             return None
         try:
@@ -189,11 +191,11 @@ class Ingestor:
         except Exception as exc:
             self.counters["flush_errors"] += 1
             self.counters["readings_lost"] += table.num_rows
-            log.error("flush_failed", tag=batch.tag, rows=table.num_rows, error=str(exc)[:500])
+            log.error("mldata.flush_failed", tag=batch.tag, rows=table.num_rows, error=str(exc)[:500])
             return None
         self.counters["flushes"] += 1
         self.counters["rows_flushed"] += table.num_rows
-        log.info("buffer_flushed", tag=batch.tag, partition=result.partition.name, rows=table.num_rows)
+        log.info("mldata.buffer_flushed", tag=batch.tag, partition=result.partition.name, rows=table.num_rows)
         return result
 
 

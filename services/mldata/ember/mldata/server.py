@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from ember.errors import EmberError, InvalidRequest
 from ember.log import get_logger
 from ember.data.auth import BearerTokenMiddlewareFactory
+from ember.metrics import MLDATA_SERVED_BYTES, MLDATA_SERVED_ROWS
 from ember.mldata.names import check_tag
 from ember.mldata.store import Partition, PartitionStore
 
@@ -74,10 +75,10 @@ def _translated(method: F) -> F:
         except flight.FlightError:
             raise
         except EmberError as exc:
-            log.info("call_refused", call=method.__name__, code=exc.code, reason=exc.message)
+            log.info("mldata.call_refused", call=method.__name__, code=exc.code, reason=exc.message)
             raise flight.FlightServerError(exc.message, extra_info=json.dumps(exc.to_dict()).encode()) from None
         except Exception:
-            log.exception("call_failed", call=method.__name__)
+            log.exception("mldata.call_failed", call=method.__name__)
             raise flight.FlightInternalError("internal error (see the mldata log)") from None
 
     return wrapper  # type: ignore[return-value]
@@ -121,7 +122,7 @@ class MldataFlightServer(flight.FlightServerBase):
     @_translated
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
         schema, batches = self.store.iter_batches(ticket.ticket.decode(errors="replace"), self.batch_size)
-        return flight.GeneratorStream(schema, batches)
+        return flight.GeneratorStream(schema, _counted(batches))
 
     @_translated
     def do_put(
@@ -137,7 +138,7 @@ class MldataFlightServer(flight.FlightServerBase):
         tag = check_tag(path[0])
         result = self.store.write(tag, reader.schema, (chunk.data for chunk in reader if chunk.data is not None))
         part = result.partition
-        log.info("partition_put", tag=tag, partition=part.name, rows=part.rows, bytes=part.bytes, duplicate=result.duplicate)
+        log.info("mldata.partition_put", tag=tag, partition=part.name, rows=part.rows, bytes=part.bytes, duplicate=result.duplicate)
         reply = {"partition": part.name, "rows": part.rows, "bytes": part.bytes, "duplicate": result.duplicate}
         writer.write(pa.py_buffer(json.dumps(reply).encode()))
 
@@ -152,10 +153,18 @@ class MldataFlightServer(flight.FlightServerBase):
         elif action.type == "drop":
             request = _parse(DropRequest, body)
             dropped = self.store.drop(name=request.partition, tag=request.tag)
-            log.info("partitions_dropped", partitions=dropped)
+            log.info("mldata.partitions_dropped", partitions=dropped)
             payload = {"dropped": dropped}
         elif action.type == "stats":
             payload = self.stats()
         else:
             raise InvalidRequest(f"unknown action {action.type!r}; known: {sorted(ACTIONS)}")
         return iter([flight.Result(json.dumps(payload).encode())])
+
+
+def _counted(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """`batches`, counted into the served rows and bytes metrics as they are sent."""
+    for batch in batches:
+        MLDATA_SERVED_ROWS.inc(batch.num_rows)
+        MLDATA_SERVED_BYTES.inc(batch.nbytes)
+        yield batch

@@ -77,12 +77,12 @@ class ServingCopies:
         except FileNotFoundError:
             return None
         except (pa.ArrowException, OSError) as exc:
-            log.warning("serving_copy_unreadable", partition=name, error=str(exc)[:200])
+            log.warning("mldata.serving_copy_unreadable", partition=name, error=str(exc)[:200])
             path.unlink(missing_ok=True)
             return None
         count = sum(batch.num_rows for batch in batches)
         if count != rows:
-            log.warning("serving_copy_mismatch", partition=name, rows=count, expected=rows)
+            log.warning("mldata.serving_copy_mismatch", partition=name, rows=count, expected=rows)
             path.unlink(missing_ok=True)
             return None
         return reader.schema, iter(batches)
@@ -107,10 +107,10 @@ class ServingCopies:
             tmp.unlink(missing_ok=True)
             return
         except Exception:
-            log.exception("serving_copy_failed", partition=name)
+            log.exception("mldata.serving_copy_failed", partition=name)
             tmp.unlink(missing_ok=True)
             return
         if not alive(name):  # dropped while its copy was written
             final.unlink(missing_ok=True)
             return
-        log.debug("serving_copy_written", partition=name)
+        log.debug("mldata.serving_copy_written", partition=name)

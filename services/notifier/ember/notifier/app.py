@@ -1,7 +1,7 @@
 """The notifier: places actors on nodes and publishes each node's desired state (wiring).
 
     async with Notifier(settings) as notifier:   # rebuilds from the log, connects, reconciles
-        await notifier.wait_stopped()            # until stop() (SIGTERM) or a fatal error
+        await notifier.wait_stopped()            # until request_stop() (SIGTERM) or a loop dies
 
 A `LogFollower` rebuilds the projection from the whole event log at start and catches up on
 every `events/#` message (and every 2 s); node info/status changes wake it too. Each pass
@@ -14,38 +14,41 @@ same view from the log and the retained node topics and appends nothing twice.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 from ember import topics
-from ember.bus import Bus
 from ember.eventlog import EventLog, open_eventlog
 from ember.eventlog.base import StoredEvent
 from ember.errors import Unavailable
 from ember.events import DesiredState
 from ember.follower import LogFollower, append_and_publish
-from ember.log import get_logger
 from ember.notifier.core import decide
 from ember.notifier.desired import ActorEnv, desired_actors
 from ember.notifier.handlers import node_handlers
-from ember.notifier.nodes import NodeTable
+from ember.nodes import NodeTable
 from ember.notifier.settings import NotifierSettings
 from ember.projection import Projection
+from ember.service import Service, service_bus
 
-CLIENT_ID = "ember-notifier"
 PUBLISH_IN_FLIGHT = 100
 SOURCE = "notifier"
 
 
-class Notifier:
-    def __init__(self, settings: NotifierSettings, *, eventlog: EventLog | None = None, client_id: str = CLIENT_ID) -> None:
+class Notifier(Service):
+    """The notifier as an `ember.service.Service`; its loop is the event-log follower."""
+
+    name = "notifier"
+
+    def __init__(self, settings: NotifierSettings, *, eventlog: EventLog | None = None) -> None:
+        super().__init__(grace=None)  # nothing to drain: a reconcile pass is cancelled and redone
         self.settings = settings
         self.root = settings.topic_root
-        self.log = get_logger("ember.notifier")
         self.eventlog = eventlog
         self._own_eventlog = eventlog is None
         self.nodes = NodeTable()
-        self.bus = Bus(settings.resolved_mqtt_url(), client_id=client_id, root=self.root, persistent=True,
-                       keepalive=settings.keepalive, source=SOURCE)
+        self.bus = service_bus(settings, settings.notifier_client_id, SOURCE)
         self.follower: LogFollower | None = None
         self.published: dict[str, list[dict]] = {}
         """node -> the actor list last published on its desired topic."""
@@ -58,65 +61,44 @@ class Notifier:
         self.waiting: dict[str, str] = {}
         """job -> why it still waits for capacity (as last logged)."""
         self._place_after = 0.0
-        self._stop = asyncio.Event()
         self._ready = asyncio.Event()
-        self._main: asyncio.Task[None] | None = None
         on_info, on_status = node_handlers(self.nodes, self._wake)
         self.bus.subscribe(topics.NODE_INFO, on_info)
         self.bus.subscribe(topics.NODE_STATUS, on_status)
 
     # --- lifecycle ---------------------------------------------------------------------------
-    async def __aenter__(self) -> Notifier:
-        """Start; return once connected and the log is caught up (raises if it could not start)."""
-        self._main = asyncio.get_running_loop().create_task(self.run(), name="notifier")
-        ready = asyncio.ensure_future(self._ready.wait())
-        await asyncio.wait({ready, self._main}, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if self._main.done():
-            self._main.result()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.shutdown()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    async def shutdown(self) -> None:
-        """Idempotent: stop and wait until stopped."""
-        self.stop()
-        if self._main is not None:
-            await self._main
-
-    async def wait_stopped(self) -> None:
-        assert self._main is not None
-        await self._main
-
-    async def run(self) -> None:
+    async def open(self) -> None:
+        """Connect, waiting for the broker as long as it takes (a stop request ends the wait)."""
         if self.eventlog is None:
             self.eventlog = open_eventlog(self.settings.resolved_eventlog_url())
         self.follower = LogFollower(self.eventlog, self.bus, self._reconcile, name="notifier")
-        try:
-            await self.bus.start(wait=None)
-            while not self.bus.connected:
-                try:
-                    await self.bus.wait_connected(10.0)
-                except Unavailable as exc:
-                    self.log.warning("notifier.waiting_for_broker", reason=exc.message)
-            loop = asyncio.get_running_loop()
-            self._place_after = loop.time() + self.settings.notifier_settle
-            async with asyncio.TaskGroup() as tg:
-                follower = tg.create_task(self.follower.run(), name="follower")
-                settle = tg.create_task(self._after_settle(), name="settle")
-                self.log.info("notifier.started", settle=self.settings.notifier_settle)
-                await self._stop.wait()
-                follower.cancel()
-                settle.cancel()
-        finally:
-            await self.bus.shutdown()
-            if self._own_eventlog and self.eventlog is not None:
-                await self.eventlog.close()
-            self.log.info("notifier.stopped")
+        await self.bus.start(wait=None)
+        while not self.bus.connected:
+            try:
+                await self.bus.wait_connected(10.0)
+            except Unavailable as exc:
+                self.log.warning("notifier.waiting_for_broker", reason=exc.message)
+        self._place_after = asyncio.get_running_loop().time() + self.settings.notifier_settle
+
+    def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
+        assert self.follower is not None
+        self.group.create_task(self._after_settle(), name="notifier:settle")
+        return {"follower": self.follower.run()}
+
+    async def ready(self) -> None:
+        """Until the first reconcile pass is done (the log caught up, desired states published)."""
+        await self._ready.wait()
+
+    async def close(self) -> None:
+        await self.bus.shutdown()
+        if self._own_eventlog and self.eventlog is not None:
+            await self.eventlog.close()
+
+    def started_fields(self) -> dict[str, Any]:
+        return {"broker": self.bus.url, "settle": self.settings.notifier_settle}
+
+    def stopped_fields(self) -> dict[str, Any]:
+        return dict(self.bus.stats)
 
     async def _after_settle(self) -> None:
         await asyncio.sleep(self.settings.notifier_settle)

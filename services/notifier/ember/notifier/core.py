@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ember.events import ActorsPlaced, Event, JobFailed, JobState, fact_id
-from ember.notifier.nodes import NodeTable
+from ember.events import ActorsPlaced, Event, JobFailed, JobState, NodeInfo, fact_id
+from ember.nodes import NodeTable
 from ember.notifier.placement import NoCapacity, lost_actors, place_job, replace_lost
 from ember.projection import TERMINAL_EVENT, JobView, Projection
 
@@ -42,7 +42,7 @@ def placing_since(job: JobView) -> datetime:
 def decide(projection: Projection, nodes: NodeTable, *, now: datetime, timeout: float, overcommit: float = 1.0) -> Outcome:
     out = Outcome()
     online = nodes.online()
-    offline = {row.node for row in nodes.rows.values() if row.offline}
+    offline = nodes.offline()
     for job in sorted(projection.jobs.values(), key=lambda j: (j.submitted, j.id)):
         if job.state == JobState.PLACING and job.generation == 0:
             _place(job, projection, online, out, now=now, timeout=timeout, overcommit=overcommit)
@@ -51,7 +51,7 @@ def decide(projection: Projection, nodes: NodeTable, *, now: datetime, timeout: 
     return out
 
 
-def _place(job: JobView, projection: Projection, online, out: Outcome, *, now: datetime, timeout: float, overcommit: float) -> None:
+def _place(job: JobView, projection: Projection, online: list[NodeInfo], out: Outcome, *, now: datetime, timeout: float, overcommit: float) -> None:
     try:
         placements = place_job(job, projection, online, overcommit=overcommit)
     except (NoCapacity, ValueError) as exc:
@@ -70,7 +70,7 @@ def _place(job: JobView, projection: Projection, online, out: Outcome, *, now: d
     out.decisions.append(Decision(fact_id(job.id, "placed", 1), job.id, ActorsPlaced(generation=1, actors=placements, reason=reason)))
 
 
-def _replace(job: JobView, projection: Projection, online, offline: set[str], out: Outcome, *, overcommit: float) -> None:
+def _replace(job: JobView, projection: Projection, online: list[NodeInfo], offline: set[str], out: Outcome, *, overcommit: float) -> None:
     lost = lost_actors(job, offline)
     if not lost:
         return

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 
 from ember.events import ActorSpec, Artifact, Role
-from ember.notifier.nodes import NodeTable
+from ember.nodes import NodeTable
 from ember.notifier.placement import JobNeeds
 from ember.projection import ActorView, JobView, Projection
 

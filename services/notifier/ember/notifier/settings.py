@@ -8,6 +8,8 @@ from ember.settings import Settings
 
 
 class NotifierSettings(Settings):
+    notifier_client_id: str = "ember-notifier"
+    """MQTT client id; stable so the broker keeps the persistent session across restarts."""
     notifier_placement_timeout: float = Field(default=60.0, gt=0)
     """A job that cannot be placed for this long fails with `no capacity: ...`."""
     notifier_settle: float = Field(default=0.5, ge=0)
