@@ -6,11 +6,19 @@ and MLflow's background job runner off: the lightest server MLflow offers. Actor
 it over HTTP like they would to a deployment's server; nothing but the server writes the store.
 After the stack stops, the same store can still be read directly
 (`--tracking-uri sqlite:///$EMBER_HOME/mlflow.sqlite3`).
+
+The stack runs `python -m ember.tracking_server --home H --port P`: it makes the store ready, then
+becomes `mlflow server` (exec, same process). A new store is created under a temporary name and
+renamed once its schema is complete, so a server killed while creating it (its migrations take
+seconds) leaves nothing half-made that a restart would refuse; an existing store is upgraded to
+the installed MLflow's schema (`mlflow db upgrade`), which MLflow's server does not do itself.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -32,6 +40,11 @@ def available() -> bool:
 
 
 def server_argv(home: Path, port: int, *, host: str = "127.0.0.1") -> list[str]:
+    """The stack's command line: this module, which prepares the store and becomes the server."""
+    return [sys.executable, "-m", "ember.tracking_server", "--home", str(home), "--port", str(port), "--host", host]
+
+
+def mlflow_server_argv(home: Path, port: int, *, host: str = "127.0.0.1") -> list[str]:
     store, artifacts = store_paths(home)
     return [
         sys.executable, "-m", "mlflow", "server",
@@ -39,6 +52,28 @@ def server_argv(home: Path, port: int, *, host: str = "127.0.0.1") -> list[str]:
         "--backend-store-uri", f"sqlite:///{store}",
         "--serve-artifacts", "--artifacts-destination", str(artifacts),
     ]  # fmt: skip
+
+
+def prepare_store(home: Path) -> None:
+    """Create the store (complete, then renamed into place) or upgrade the existing one."""
+    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
+
+    store, _ = store_paths(home)
+    if store.exists():
+        engine = create_sqlalchemy_engine_with_retry(f"sqlite:///{store}")  # type: ignore[no-untyped-call]
+        try:
+            _upgrade_db(engine)  # type: ignore[no-untyped-call]  # `mlflow db upgrade`; nothing when current
+        finally:
+            engine.dispose()
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    partial = store.with_name(store.name + ".new")
+    partial.unlink(missing_ok=True)
+    # the Default experiment's artifacts go through the server, as when `mlflow server --serve-artifacts` creates the store
+    created = SqlAlchemyStore(f"sqlite:///{partial}", "mlflow-artifacts:/")  # type: ignore[no-untyped-call]
+    created.engine.dispose()
+    os.replace(partial, store)
 
 
 def server_env(base: Mapping[str, str]) -> dict[str, str]:
@@ -60,3 +95,20 @@ def wait_healthy(url: str, *, timeout: float = 60.0, process: subprocess.Popen[A
             pass
         time.sleep(0.1)
     raise TimeoutError(f"the MLflow server at {url} did not answer within {timeout:g}s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ember.tracking_server", description=__doc__.split("\n")[0])
+    parser.add_argument("--home", type=Path, required=True, help="EMBER_HOME: the store and artifacts live here")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    args.home.mkdir(parents=True, exist_ok=True)
+    prepare_store(args.home)
+    command = mlflow_server_argv(args.home, args.port, host=args.host)
+    sys.stdout.flush()
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main()
