@@ -327,12 +327,21 @@ class Stack:
         self.url = f"mqtt://127.0.0.1:{self._broker_port}"
 
     def _watch_tracking(self, timeout: float) -> None:
-        try:
-            self.wait_tracking(timeout)
-        except StackError as exc:
-            if not self._stopped:
-                self.group.say("stack", f"the MLflow tracking server is not answering: {exc}")
-            return
+        """Say when the tracking server answers; a server that exits first is waited for again
+        once `ember up`'s supervision has restarted it (until `timeout`, or it is given up on)."""
+        deadline = time.monotonic() + timeout
+        proc = self.procs["mlflow"]
+        while True:
+            try:
+                self.wait_tracking(max(0.1, deadline - time.monotonic()))
+                break
+            except StackError as exc:
+                if self._stopped or proc.gave_up or time.monotonic() >= deadline:
+                    if not self._stopped:
+                        self.group.say("stack", f"the MLflow tracking server is not answering: {exc}")
+                    return
+            while not proc.alive() and not (self._stopped or proc.gave_up) and time.monotonic() < deadline:
+                time.sleep(0.2)  # until the supervision has started it again
         took = time.monotonic() - self._tracking_started
         self.group.say("stack", f"MLflow tracking server answering at {self.tracking_uri} ({took:.1f}s after it was started)")
 
