@@ -9,8 +9,9 @@ and logs no round at a step the run already has) holding the spec's parameters f
 ModelManager with the user's code folder as `code_paths`) and registered under
 `tracking.model_name` (default the job name).
 
-The URI is `EMBER_MLFLOW_TRACKING_URI`, default `sqlite:///$EMBER_HOME/mlflow.sqlite3`; with
-a SQLite store, artifacts go to `mlartifacts/` next to the database file.
+The URI is `EMBER_MLFLOW_TRACKING_URI` (`ember up` sets it to its tracking server, a deployment
+to its own; `Settings.resolved_mlflow_uri`); with a SQLite store used directly, artifacts go to
+`mlartifacts/` next to the database file.
 """
 
 from __future__ import annotations

@@ -163,9 +163,8 @@ class Supervisor:
             reason += "; stopped because it is no longer desired"
         elif managed.shutdown:
             reason += "; stopped because its flamelet shut down"
+        # the reason stays one line; the actor's last lines travel in `log_tail`
         tail_text = "\n".join(last_lines(run.log_path, TAIL_LINES)) if state == ActorState.FAILED else ""
-        if state == ActorState.FAILED and tail_text:
-            reason = f"{reason}\n{tail_text}"
         log.info("flamelet.actor_ended", state=state.value, exit_code=exit.code, reason=exit.reason)
         await self._set(managed, state, exit_code=exit.code, reason=reason, log_tail=tail_text, pid=run.pid)
         await self._done(managed)

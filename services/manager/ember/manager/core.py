@@ -155,7 +155,7 @@ class Manager:
         for job in list(projection.jobs.values()):
             if job.state.terminal:
                 continue
-            for event_id, event in decide.decide(job, tail_lines=self.tail_lines):
+            for event_id, event in decide.decide(job):
                 await self.append(event_id, job.id, event)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ember.envelope import Envelope
 from ember.events import ActorReport, ActorState, ActorStateChanged, CheckpointSaved, Event, JobResult, ResultReported, RoundCompleted, fact_id
 from ember.projection import JobView
+from ember.reasons import one_line, plain
 
 ORDER = {
     ActorState.PENDING: 0,
@@ -62,8 +63,8 @@ def actor_event(report: ActorReport, job: JobView | None) -> tuple[str, ActorSta
         role=actor.role,
         state=report.state,
         exit_code=report.exit_code,
-        reason=report.reason,
-        log_tail=report.log_tail[-MAX_LOG_TAIL:],
+        reason=one_line(report.reason),  # one plain bounded line; the full text is in the actor's log
+        log_tail=plain(report.log_tail[-MAX_LOG_TAIL:]),
     )
     return fact_id(report.job, report.actor, report.state.value), event
 
