@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test check demo bench clean mosquitto docker chromium
+.PHONY: install test check demo demo-docker bench clean mosquitto docker chromium
 
 install: $(STAMP) mosquitto docker chromium
 
@@ -62,6 +62,19 @@ chromium:
 	    echo "note: no chromium: the dashboard's browser tests will be skipped ('sudo apt-get install chromium')." >&2; \
 	  fi; }
 
+# deploy/'s compose files are checked with Debian's docker-compose (`config` only: no engine needed);
+# installed through apt-get when root, else its tests skip.
+install: docker-compose
+docker-compose:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing docker-compose with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; \
+	  else \
+	    echo "docker-compose is not installed: the tests of deploy/compose skip (sudo apt-get install docker-compose)" >&2; \
+	  fi; }
+.PHONY: docker-compose
+
 test: install check
 	$(PY) -m pytest -q
 
@@ -72,6 +85,10 @@ check: install
 
 demo: install
 	$(PY) -m ember.demo
+
+# The same job with every actor in a container (the builder's image, pulled by digest from a private registry).
+demo-docker: install
+	$(PY) -m ember.demo --runtime docker --home .ember-demo-docker --timeout 900
 
 bench: install
 	$(PY) -m bench.run_all

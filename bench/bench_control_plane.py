@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/bench_control_plane.py                 # all three
     .venv/bin/python bench/bench_control_plane.py --only submit --runs 10
+    .venv/bin/python bench/bench_control_plane.py --only submit --runs 5 --runtime docker
     .venv/bin/python bench/bench_control_plane.py --only append --events 5000
     .venv/bin/python bench/bench_control_plane.py --only fanout --nodes 500 --trials 10
 
 1. submit -> all actors running: real stack (3 flamelets, probe job), from sending `jobs.submit` to
    receiving the job's `JobRunning` event; the first (cold build) run is reported apart; goal median <= 1 s.
    `--secure`: with authentication and the ACL on (the stack's default; the others run it open).
+   With `--runtime docker` the actors are containers (the stack starts a private registry);
+   the cold run builds and pulls the image, the measured runs find it on the node; goal median <= 3 s.
 2. manager event append + publish (`ember.follower.append_and_publish`) on SQLite with a real
    Mosquitto, until a subscriber in another process (`mosquitto_sub`) has received every event;
    goal >= 2,000 events/s.
@@ -84,8 +87,8 @@ class JobEvents:
 # --- 1. submit -> all actors running -------------------------------------------------------------
 
 
-async def _submit_runs(url: str, runs: int, security: MqttSecurity | None = None) -> dict[str, Any]:
-    spec = {"name": "bench-probe", "learners": {"count": 3}, "probe": {"seconds": 30}, "runtime": "process"}
+async def _submit_runs(url: str, runs: int, security: MqttSecurity | None = None, runtime: str = "process") -> dict[str, Any]:
+    spec = {"name": "bench-probe", "learners": {"count": 3}, "probe": {"seconds": 30}, "runtime": runtime}
     async with Bus(url, security=security) as bus:
         events = JobEvents(bus)
         await asyncio.sleep(0.2)  # let the events subscription settle before the first submit
@@ -93,7 +96,7 @@ async def _submit_runs(url: str, runs: int, security: MqttSecurity | None = None
         for _ in range(runs + 1):
             t0 = time.time()
             reply = await bus.request("jobs.submit", {"spec": spec, "spec_dir": str(Path.cwd())}, timeout=30)
-            t_running, _ = await events.wait(reply["job"], {"JobRunning", *TERMINAL})
+            t_running, _ = await events.wait(reply["job"], {"JobRunning", *TERMINAL}, timeout=900)
             times.append(t_running - t0)
             await bus.request("jobs.cancel", {"job": reply["job"]}, timeout=30)
             await events.wait(reply["job"], TERMINAL)
@@ -102,10 +105,26 @@ async def _submit_runs(url: str, runs: int, security: MqttSecurity | None = None
             "p90_s": round(pct(warm, 90), 3), "min_s": round(min(warm), 3), "max_s": round(max(warm), 3)}
 
 
-def bench_submit(runs: int, secure: bool = False) -> dict[str, Any]:
+def bench_submit(runs: int, secure: bool = False, runtime: str = "process") -> dict[str, Any]:
     """`secure`: the stack with authentication and the ACL on, the benchmark as the local operator."""
-    with tempfile.TemporaryDirectory(prefix="ember-bench-") as home, Stack(Path(home), flamelets=3, mldata=False, secure=secure) as stack:
-        return asyncio.run(_submit_runs(stack.url, runs, stack.security() if secure else MqttSecurity()))
+    with tempfile.TemporaryDirectory(prefix="ember-bench-") as home, \
+            Stack(Path(home), flamelets=3, mldata=False, secure=secure, registry=runtime == "docker") as stack:
+        try:
+            return asyncio.run(_submit_runs(stack.url, runs, stack.security() if secure else MqttSecurity(), runtime))
+        finally:
+            if stack.registry_address:
+                untag(stack.registry_address)
+
+
+def untag(registry: str) -> None:
+    """Remove the engine's tags that name `registry` (they die with it)."""
+    import docker
+
+    client = docker.from_env()
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(f"{registry}/"):
+                client.images.remove(tag)
 
 
 # --- 2. event append + publish throughput ---------------------------------------------------------
@@ -275,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["submit", "append", "fanout"], action="append")
     parser.add_argument("--runs", type=int, default=10, help="submit: measured runs after one cold run")
     parser.add_argument("--secure", action="store_true", help="submit: authentication and the ACL on (ember up's default)")
+    parser.add_argument("--runtime", choices=["process", "docker"], default="process", help="submit: the job's runtime")
     parser.add_argument("--events", type=int, default=5000, help="append: events per concurrency level")
     parser.add_argument("--nodes", type=int, default=500, help="fanout: simulated flamelets")
     parser.add_argument("--trials", type=int, default=10, help="fanout: placements measured after one warm-up")
@@ -284,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.only or ["submit", "append", "fanout"]
     results: dict[str, Any] = {}
     if "submit" in chosen:
-        results["submit_to_running"] = bench_submit(args.runs, args.secure)
+        results["submit_to_running"] = bench_submit(args.runs, args.secure, args.runtime)
         print(json.dumps({"submit_to_running": results["submit_to_running"]}), flush=True)
     if "append" in chosen:
         results["append_publish"] = bench_append(args.events)

@@ -250,7 +250,10 @@ def test_flamelet_sigkill_is_seen_offline_and_its_actors_are_replaced(stack: Sta
 
         def handled() -> dict[str, Any] | None:
             j = show(cli, job_id)
-            replaced = states(j).count("deploying") > 1
+            # re-placed: deployed again, or (the aggregator was on the lost node) recovering
+            replaced = states(j).count("deploying") > 1 or (
+                "recovering" in states(j) and max(a["generation"] for a in j["actors"]) > 1 and j["state"] == "running"
+            )
             return j if replaced or j["state"] == "failed" else None
 
         job = wait_until(handled, timeout=30, interval=0.2, message="actors of the lost node neither re-placed nor the job failed")

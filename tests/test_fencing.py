@@ -216,7 +216,7 @@ async def test_the_aggregators_node_killed_its_replacement_finishes_the_job(stac
         async def replaced() -> dict[str, Any] | None:
             current = await job_view(bus, job_id)
             state = next(a["state"] for a in current["actors"] if a["actor"] == old["actor"])
-            return current if state == "lost" and current["state"] in ("deploying", "running") else None
+            return current if state == "lost" and current["state"] in ("recovering", "deploying", "running") else None
 
         await assert_eventually(replaced, timeout=60, interval=0.2, message="the lost aggregator was not re-placed")
         await assert_eventually(lambda: not alive(aggregator_pid), timeout=60, message="the fenced aggregator still runs")
@@ -231,6 +231,12 @@ async def test_the_aggregators_node_killed_its_replacement_finishes_the_job(stac
     assert final["state"] == "succeeded", final["reason"]
     new = next(a for a in final["actors"] if a["role"] == "aggregator" and a["generation"] == 2)
     assert new["state"] == "exited" and new["node"] != old["node"], new
+    # a recovery: running -> recovering -> running, the new aggregator resumed from a checkpoint
+    assert [r["attempt"] for r in final["recoveries"]] == [1] and "node lost" in final["recoveries"][0]["reason"]
+    assert "recovering" in [t["state"] for t in final["transitions"]]
+    assert [r["round"] for r in final["rounds"]] == list(range(1, 41))
+    log = (stack.home / "nodes" / new["node"] / "actors" / f"{new['actor']}.log").read_text()
+    assert '"aggregator.resume"' in log, log[-2000:]
     current_learners = sorted(a["actor"] for a in final["actors"] if a["role"] == "learner" and a["generation"] == 2)
     assert final["rounds"][-1]["learners"] == current_learners
     stack.restart(flamelet)

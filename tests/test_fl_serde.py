@@ -243,3 +243,15 @@ async def test_a_model_sent_to_every_learner_leaves_the_aggregator_once(mqtt_bro
         assert [endpoint.handled for _, endpoint in learners] == [2, 2, 1]
         await grid.signal_all("done", ok=True)
         await asyncio.wait_for(asyncio.gather(*serving), 10)
+
+
+def test_chunks_from_several_buffers_equal_chunks_of_their_join():
+    buffers = [b"head", bytes(range(256)) * 9, b"", b"x" * 1000, np.arange(700, dtype=np.float32).tobytes()]
+    joined = b"".join(buffers)
+    frames = [decode_frame(f) for f in chunk_message(buffers, chunk_bytes=1000, transfer="t1")]
+    assert [f.body for f in frames] == [joined[i : i + 1000] for i in range(0, len(joined), 1000)]
+    joiner = Reassembler()
+    whole = [w for f in reversed(frames) if (w := joiner.feed_whole(f)) is not None]
+    assert len(whole) == 1 and bytes(whole[0].data) == joined and whole[0].header["t"] == "t1"
+    with pytest.raises(ValueError):  # a chunk that cannot fit the announced size
+        Reassembler().feed(Frame("msg", {"t": "b", "i": 1, "n": 3, "size": 10}, b"x" * 6))

@@ -112,3 +112,10 @@ def test_job_and_actor_ids_in_node_payloads_are_topic_safe(bad: str) -> None:
     spec = {"actor": bad, "job": "j", "role": "learner", "module": "m", "artifact": {"key": "k"}}
     with pytest.raises(ValidationError):
         DesiredState.model_validate({"node": "node-1", "revision": 1, "actors": [spec]})
+
+
+def test_the_probe_actor_checks_the_bounds_of_its_spec() -> None:
+    from ember.actors import probe
+    from ember.jobspec import MAX_SECONDS
+
+    assert probe.MAX_SECONDS == MAX_SECONDS

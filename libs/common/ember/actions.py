@@ -18,7 +18,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from ember.errors import InvalidRequest
-from ember.events import ActorState, Artifact, JobResult, JobState, Role, RoundCompleted
+from ember.events import ActorState, Artifact, CheckpointSaved, JobRecovering, JobResult, JobState, Role, RoundCompleted
 from ember.topics import PARAM_PATTERN
 
 REPLY_TYPE = "reply"
@@ -127,6 +127,10 @@ class JobListItem(Payload):
     rounds_planned: int = 0
     result: JobOutcome = Field(default_factory=JobOutcome)
     artifact: Artifact | None = None
+    recoveries: list[JobRecovering] = Field(default_factory=list)
+    """Every recovery from a lost aggregator: generation, attempt, reason."""
+    checkpoint: CheckpointSaved | None = None
+    """The latest checkpoint the aggregator stored."""
 
 
 class JobSummary(JobListItem):

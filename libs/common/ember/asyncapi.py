@@ -46,7 +46,7 @@ PAYLOADS: dict[topics.TopicTemplate, list[type[BaseModel]]] = {
     topics.NODE_DESIRED: [events.DesiredState],
     topics.ACTOR_STATE: [events.ActorReport],
     topics.ACTOR_LOG: [events.ActorLogLines],
-    topics.JOB_PROGRESS: [events.RoundCompleted, events.JobResult],
+    topics.JOB_PROGRESS: [events.RoundCompleted, events.CheckpointSaved, events.JobResult],
     topics.JOB_PLACEMENT: [events.JobPlacement],
     topics.SERVING: [events.ServingStatus],
     topics.DATA: [SensorReadings],

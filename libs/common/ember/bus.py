@@ -39,7 +39,7 @@ from ember.log import get_logger
 from ember.mqtt_compat import write_eagerly
 from ember.rpc import RequestHandler, Responder
 from ember.security.mqtt import MqttSecurity
-from ember.settings import parse_mqtt_url
+from ember.settings import Settings, parse_mqtt_url
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 R = TypeVar("R", bound=Payload)
@@ -101,10 +101,13 @@ class Bus:
         source: str = "",
         on_connect: Callable[[Bus], Awaitable[None]] | None = None,
         security: MqttSecurity | None = None,
+        outage: float | None = None,
     ) -> None:
         self.host, self.port = parse_mqtt_url(url)
         # security: username, password and TLS (for mqtts:// URLs); default from EMBER_IDENTITY / EMBER_MQTT_*.
         self.security = security if security is not None else MqttSecurity.from_env()
+        self.outage = Settings.from_env().broker_outage if outage is None else outage
+        """Seconds a publish without an explicit timeout waits for a lost connection to come back."""
         self.url = url
         self.client_id = client_id or f"ember-{uuid.uuid4().hex[:12]}"
         self.root = root
@@ -340,12 +343,14 @@ class Bus:
         qos: int = 1,
         retain: bool = False,
         properties: Properties | None = None,
-        timeout: float = 10.0,  # noqa: ASYNC109 - a per-call deadline is part of the API
+        timeout: float | None = None,  # noqa: ASYNC109 - a per-call deadline is part of the API
     ) -> None:
-        """Publish (waiting for a connection up to `timeout`); QoS 1 waits for the broker's ack."""
+        """Publish, waiting for a connection up to `timeout` (default: `outage`, so a broker restart
+        is ridden out); QoS 1 waits for the broker's ack (up to `timeout`, default 10 s)."""
         if isinstance(payload, Envelope):
             payload = payload.to_bytes()
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + (self.outage if timeout is None else timeout)
+        timeout = 10.0 if timeout is None else timeout
         while True:
             if not self._connected.is_set():  # connected: no wait_for (it costs a task per publish)
                 await self.wait_connected(max(0.01, deadline - asyncio.get_running_loop().time()))

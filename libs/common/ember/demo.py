@@ -14,6 +14,10 @@ The example folder is `--example DIR`, else `$EMBER_EXAMPLES/sensor-anomaly`, el
 `examples/sensor-anomaly` of the source checkout this module runs from (an installed Ember has
 none: pass one of the two).
 
+With `--runtime docker` (`make demo-docker`) the same job runs in containers: the builder builds
+its image and pushes it to a private registry the stack starts (or the one `EMBER_REGISTRY`
+names), and the flamelets pull it by digest and run every actor as a container.
+
 Exit status: 0 when the job succeeded, 1 when it failed (or the demo itself failed), 130 on
 Ctrl-C. The stack is always shut down in order before exiting.
 """
@@ -55,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=SECONDS, help="seconds of readings each device sends")
     parser.add_argument("--devices", type=int, default=DEVICES, help="mock devices per node")
     parser.add_argument("--timeout", type=float, default=240.0, help="give up on the job after this many seconds")
+    parser.add_argument("--runtime", choices=["process", "docker"], default="process", help="run the actors as processes or containers")
     parser.add_argument("--verbose", action="store_true", help="echo every service's log lines")
     return parser.parse_args(argv)
 
@@ -206,10 +211,11 @@ def demo(args: argparse.Namespace, console: Console) -> int:
     example = find_example(args.example)
     home = fresh_home(args.home)
     spec = load_spec_file(example / "job.yaml")
+    spec["runtime"] = args.runtime
     tag = (spec.get("data") or {}).get("tags", [TAG])[0]
     console.rule("[bold]Ember demo")
-    console.print(f"home {home}; starting the local stack (Mosquitto, control plane, 3 flamelets + mldata)…")
-    with Stack(home, flamelets=3, echo=sys.stderr if args.verbose else None) as stack:
+    console.print(f"home {home}; starting the local stack (Mosquitto, control plane, 3 flamelets + mldata), runtime {args.runtime}…")
+    with Stack(home, flamelets=3, registry=args.runtime == "docker", echo=sys.stderr if args.verbose else None) as stack:
         console.print(f"stack ready on {stack.url} ({time.monotonic() - started:.1f}s)")
         console.print(f"mock devices: {args.devices} machines a node, {args.seconds} s of readings each")
         asyncio.run(feed_nodes(stack, tag, args.devices, args.seconds, console))

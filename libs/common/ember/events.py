@@ -32,6 +32,7 @@ class JobState(StrEnum):
     PLACING = "placing"
     DEPLOYING = "deploying"
     RUNNING = "running"
+    RECOVERING = "recovering"  # the aggregator is being re-placed; it resumes from its checkpoint
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -151,12 +152,30 @@ class JobRunning(Event):
     reason: str = "all actors running"
 
 
+class JobRecovering(Event):
+    """The aggregator of placement `generation` failed abnormally or was lost: the job's
+    `attempt`-th recovery re-places it (generation + 1) and the new one resumes from the
+    latest checkpoint."""
+
+    generation: int
+    attempt: int
+    reason: str
+
+
 class RoundCompleted(Event):
     round: int
     metrics: dict[str, float] = Field(default_factory=dict)
     duration_s: float = 0.0
     learners: list[str] = Field(default_factory=list)
     failed: list[str] = Field(default_factory=list)
+
+
+class CheckpointSaved(Event):
+    """The aggregator stored the checkpoint of `round` (sha256 `digest`): a new aggregator of the
+    job resumes from the newest one it can read."""
+
+    round: int
+    digest: str
 
 
 class JobResult(_Model):
@@ -323,6 +342,9 @@ class ActorReport(_Model):
     reason: str = ""
     log_tail: str = ""
     pid: int | None = Field(default=None, ge=0, le=2**31)
+    bytes_done: int | None = Field(default=None, ge=0)
+    """While `pulling`: bytes of the image fetched so far (of `bytes_total` known so far)."""
+    bytes_total: int | None = Field(default=None, ge=0)
 
 
 class ActorLogLines(_Model):

@@ -134,6 +134,15 @@ class TrainingSpec(_Spec):
     round_timeout: float = Field(120.0, gt=0, le=MAX_SECONDS)
     seed: int = Field(0, ge=0, le=2**32 - 1)
     """numpy's seed range."""
+    update_codec: Literal["none", "float16", "int8"] = "none"
+    """How learners encode their updates to the aggregator (`ember.fl.codecs`); `none` is exact."""
+    checkpoints: int = Field(3, ge=0, le=1000)
+    """Checkpoints kept per job (the newest; 0: none, and a resumed job starts over)."""
+    checkpoint_interval: float = Field(2.0, ge=0, le=86_400)
+    """Seconds between the starts of two checkpoint writes (the newest round's is written;
+    0: every round, when writes keep up). A resume redoes at most about this long of rounds."""
+    max_recoveries: int = Field(3, ge=0, le=100)
+    """How often a job may resume after losing its aggregator before it fails."""
 
     @field_validator("strategy")
     @classmethod

@@ -1,4 +1,5 @@
-"""Named OS processes run side by side: start, prefix and log their output, signal, stop in groups.
+"""Named OS processes run side by side: start, prefix and log their output, signal, stop in groups,
+restart the ones that crash.
 
 The generic half of `ember.stack` (which knows what Ember's processes are). Blocking work
 (Popen, wait, pipes), so it is synchronous, with one output thread per process. Also the two
@@ -8,12 +9,15 @@ helpers a process launcher needs: a free port to give a server, and waiting unti
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,6 +55,20 @@ def wait_for_port(host: str, port: int, *, timeout: float = 10.0, process: subpr
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Restart a crashed process after `initial` seconds, doubling per restart still inside
+    `window` (capped at `cap`); after `max_restarts` restarts inside `window`, give up on it."""
+
+    initial: float = 0.5
+    cap: float = 30.0
+    max_restarts: int = 5
+    window: float = 120.0
+
+    def delay(self, recent: int) -> float:
+        return min(self.cap, self.initial * 2**recent)
+
+
 @dataclass
 class Proc:
     """One process of a group: how to start it, and the running instance."""
@@ -64,6 +82,10 @@ class Proc:
     pump: threading.Thread | None = None
     starts: int = 0
     expected_exit: bool = False
+    restarts: deque[float] = field(default_factory=deque)
+    """When it was restarted after crashes (monotonic clock), within the policy's window."""
+    restart_at: float | None = None
+    gave_up: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -92,7 +114,10 @@ class ProcessGroup:
     def spawn(self, proc: Proc) -> None:
         """Start (or start again) one process in its own session, its output pumped by a thread."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if proc.popen is not None:
+            _kill_leftovers(proc.popen)
         proc.expected_exit = False
+        proc.restart_at = None
         proc.starts += 1
         proc.popen = subprocess.Popen(
             proc.argv,
@@ -144,6 +169,31 @@ class ProcessGroup:
             if p.popen is not None and p.popen.poll() is not None and not p.expected_exit
         }
 
+    def supervise(self, policy: RestartPolicy, now: float | None = None) -> None:
+        """One pass: schedule a restart (with backoff) of each process that exited unexpectedly,
+        start those that are due, give up on crash loops; each step is said on `echo`."""
+        now = time.monotonic() if now is None else now
+        for name, code in self.exited().items():
+            proc = self.procs[name]
+            if proc.gave_up:
+                continue
+            while proc.restarts and now - proc.restarts[0] > policy.window:
+                proc.restarts.popleft()
+            if proc.restart_at is None:
+                if len(proc.restarts) >= policy.max_restarts:
+                    proc.gave_up = True
+                    self.say("stack", f"{name} exited with status {code} after {len(proc.restarts)} restarts within "
+                                      f"{policy.window:g}s: giving up on it (its log: {self.log_path(name)})")
+                    continue
+                delay = policy.delay(len(proc.restarts))
+                proc.restart_at = now + delay
+                self.say("stack", f"{name} exited with status {code}: restarting it in {delay:g}s "
+                                  f"(restart {len(proc.restarts) + 1} of at most {policy.max_restarts} within {policy.window:g}s)")
+            elif now >= proc.restart_at:
+                proc.restarts.append(now)
+                self.spawn(proc)
+                self.say("stack", f"{name} restarted (pid {proc.pid})")
+
     def stop_group(self, procs: Iterable[Proc]) -> None:
         """SIGTERM every process of the group, wait up to the grace, SIGKILL what is left."""
         running = [p for p in procs if p.alive()]
@@ -164,9 +214,12 @@ class ProcessGroup:
                 p.pump.join(5)
 
     def stop_all(self) -> None:
-        """Every group in turn, highest first."""
+        """Every group in turn, highest first; then what is left of any that had exited."""
         for group in sorted({p.group for p in self.procs.values()}, reverse=True):
             self.stop_group([p for p in self.procs.values() if p.group == group])
+        for p in self.procs.values():
+            if p.popen is not None:
+                _kill_leftovers(p.popen)
 
     def _pump(self, proc: Proc, popen: subprocess.Popen[bytes], color: str) -> None:
         assert popen.stdout is not None
@@ -184,3 +237,11 @@ class ProcessGroup:
                         self.echo.write(prefix + line + "\n")
                         self.echo.flush()
         popen.stdout.close()
+
+
+def _kill_leftovers(popen: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of an exited process's group (e.g. the worker of a server whose
+    parent was killed, still holding its port); each process leads its own session and group."""
+    if popen.poll() is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(popen.pid, signal.SIGKILL)

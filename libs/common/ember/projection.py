@@ -19,8 +19,10 @@ from ember.events import (
     BuildFailed,
     BuildStarted,
     BuildSucceeded,
+    CheckpointSaved,
     JobCancelled,
     JobFailed,
+    JobRecovering,
     JobRunning,
     JobState,
     JobSubmitted,
@@ -78,6 +80,10 @@ class JobView:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     round_numbers: set[int] = field(default_factory=set)
     result: dict[str, Any] = field(default_factory=dict)
+    recoveries: list[dict[str, Any]] = field(default_factory=list)
+    """Every `JobRecovering` so far: generation, attempt, reason."""
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    """The latest `CheckpointSaved`: round, digest."""
 
     def current_actors(self) -> list[ActorView]:
         """Actors of the latest placement generation (re-placed ones replace lost ones)."""
@@ -119,6 +125,8 @@ class JobView:
             "rounds_completed": len(self.rounds),
             "rounds_planned": (self.spec.get("training") or {}).get("rounds", 3),
             "result": self.result,
+            "recoveries": self.recoveries,
+            "checkpoint": self.checkpoint or None,
             "artifact": self.artifact.model_dump() if self.artifact else None,
         }
 
@@ -215,6 +223,7 @@ class Projection:
                 job.actors[p.actor] = view
             fence(job, event)
             reason = event.reason or f"{len(event.actors)} actors placed"
+            # A recovering job stays `recovering` until its new aggregator runs (JobRunning).
             return self._move(job, S.DEPLOYING, reason, stored, (S.PLACING, S.RUNNING, S.DEPLOYING))
         if isinstance(event, ActorStateChanged):
             actor = job.actors.get(event.actor)
@@ -223,7 +232,17 @@ class Projection:
                 actor.reason, actor.log_tail = event.reason, event.log_tail
             return False
         if isinstance(event, JobRunning):
-            return self._move(job, S.RUNNING, event.reason, stored, (S.DEPLOYING,))
+            return self._move(job, S.RUNNING, event.reason, stored, (S.DEPLOYING, S.RECOVERING))
+        if isinstance(event, JobRecovering):
+            if job.state.terminal or any(r["generation"] == event.generation for r in job.recoveries):
+                return False
+            job.recoveries.append(event.model_dump(mode="json"))
+            reason = f"attempt {event.attempt}: {event.reason}"
+            return self._move(job, S.RECOVERING, reason, stored, (S.DEPLOYING, S.RUNNING, S.RECOVERING))
+        if isinstance(event, CheckpointSaved):
+            if event.round >= job.checkpoint.get("round", 0):
+                job.checkpoint = event.model_dump(mode="json")
+            return False
         if isinstance(event, RoundCompleted):
             if event.round not in job.round_numbers:
                 job.round_numbers.add(event.round)
@@ -232,7 +251,7 @@ class Projection:
         if isinstance(event, ResultReported):  # before or after JobSucceeded: whichever came first
             job.result.update({k: v for k, v in event.model_dump(mode="json").items() if v})
             return False
-        nonterminal = (S.SUBMITTED, S.BUILDING, S.PLACING, S.DEPLOYING, S.RUNNING)
+        nonterminal = (S.SUBMITTED, S.BUILDING, S.PLACING, S.DEPLOYING, S.RUNNING, S.RECOVERING)
         if isinstance(event, JobSucceeded):
             reported = {k: v for k, v in job.result.items() if v}
             job.result = event.model_dump(mode="json") | reported

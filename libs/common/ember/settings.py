@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     """Seconds the builder or a flamelet waits for a job's retained code bundle."""
     keepalive: int = 5
     """MQTT keepalive in seconds; a dead flamelet is seen offline within 1.5x this."""
+    broker_outage: float = Field(default=60.0, ge=0)
+    """Seconds services and actors ride out a lost broker (a publish waits that long for the
+    connection to come back before it fails); their connection itself is retried for ever."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Port of a long-running service's Prometheus `/metrics` endpoint; 0: none."""
     metrics_host: str = "127.0.0.1"
@@ -137,7 +140,17 @@ class Settings(BaseSettings):
         return self.eventlog_url or f"sqlite:///{self.home / 'events.sqlite3'}"
 
     def resolved_mlflow_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.sqlite3'}"
+        """The explicit URI, else the tracking server `ember up` recorded, else the SQLite store
+        under the home folder (the one `ember up`'s server keeps, readable once it stopped)."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        try:
+            import json
+
+            recorded = json.loads(self.broker_file.read_text()).get("mlflow")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        return recorded if isinstance(recorded, str) and recorded else f"sqlite:///{self.home / 'mlflow.sqlite3'}"
 
 
 TLS_SCHEMES = ("mqtts", "ssl", "tls")

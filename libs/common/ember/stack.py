@@ -1,4 +1,5 @@
-"""The local stack: a private Mosquitto, the control plane and N flamelets, each its own OS process.
+"""The local stack: a private Mosquitto, MLflow's tracking server, the control plane and N
+flamelets, each its own OS process.
 
 Used by `ember up`, the end-to-end tests, the demo and the benchmarks:
 
@@ -7,16 +8,29 @@ Used by `ember up`, the end-to-end tests, the demo and the benchmarks:
         stack.restart("manager")                  # ... and start it again
     # ordered shutdown: flamelets, then mldata and services, broker last
 
-Process names: `mosquitto`, `registry` (docker runtime), `manager`, `builder`, `notifier`, `node-1..N` (flamelets, node id
-`node-i`) and `mldata-1..N` (the node's mldata). Every line a process prints goes to
+Process names: `mosquitto`, `mlflow`, `registry` (docker runtime), `manager`, `builder`, `notifier`,
+`node-1..N` (flamelets, node id `node-i`) and `mldata-1..N` (the node's mldata). Every line a process prints goes to
 `$EMBER_HOME/logs/<name>.log` and, when `echo` is set, to `echo` prefixed by the name.
 
 Security is on by default (`secure`): on first start the stack provisions identities under
 `$EMBER_HOME/pki` (`ember.security`), runs Mosquitto with no anonymous access, the password file
 and the ACL generated from the topic map, and gives each process its own identity: `manager`,
 `builder`, `notifier`; `node-i` for `node-i` and `mldata-i`; the local operator (the login name)
-for the readiness check and, through `broker.json`, for every CLI command on this home.
+for the readiness check, the dashboard and, through `broker.json`, every CLI command on this home.
 `secure=False` (`ember up --insecure`, `EMBER_INSECURE=1`) runs the broker open.
+
+Tracking: unless the environment names a tracking server (`EMBER_MLFLOW_TRACKING_URI`), the stack
+runs MLflow's own (`ember.tracking_server`); every service and actor gets its URL as
+`EMBER_MLFLOW_TRACKING_URI`, and `$EMBER_HOME/broker.json` records it for the CLI
+(`Settings.resolved_mlflow_uri`). The server is started first and takes several times longer than
+the rest of the stack to answer (docs/benchmarks.md, "Local stack start-up"), so the stack is ready
+without it: a thread waits for it and says when it answers (`await_tracking=True`, or
+`wait_tracking()`, waits before going on). Until then an aggregator's MLflow client retries.
+
+`run_until_signal` (what `ember up` runs) also supervises: a process that exits unexpectedly is
+restarted with capped exponential backoff, and given up on after a crash loop (`RestartPolicy`).
+A process restarts with the argv and environment it was started with: the broker with the
+secured config file, every other process with its own identity.
 
 Process handling itself (spawn, output, signals, groups) is `ember.processes.ProcessGroup`:
 blocking work, so this class is synchronous; `async with` runs start/stop in a worker thread.
@@ -33,6 +47,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +58,9 @@ from ember.bus import Bus, Message
 from ember.errors import EmberError, RequestTimeout, Unavailable
 from ember.settings import Settings
 from ember.broker import mosquitto_binary, mosquitto_config
-from ember.processes import Proc, ProcessGroup, free_port, wait_for_port
+from ember.processes import Proc, ProcessGroup, RestartPolicy, free_port, wait_for_port
 from ember.security.mqtt import MqttSecurity
+from ember import tracking_server
 
 SERVICES = ("manager", "builder", "notifier")
 
@@ -72,6 +88,13 @@ class Stack:
     """Control-plane services to start (all three by default)."""
     secure: bool | None = None
     """Authentication and the ACL on the private broker; None: on unless `EMBER_INSECURE` is set."""
+    tracking: bool = True
+    """Run MLflow's tracking server (unless `EMBER_MLFLOW_TRACKING_URI` is set in `env`)."""
+    await_tracking: bool = False
+    """`start` also waits until the tracking server answers."""
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    tracking_uri: str = field(default="", init=False)
+    """Where actors log to MLflow: the stack's server, the environment's URI, or `none`."""
     registry: bool = False
     """Docker runtime: start a private image registry (`registry`, storage under `home/registry`)
     unless `EMBER_REGISTRY` names one; the services get its address in `EMBER_REGISTRY`."""
@@ -139,11 +162,12 @@ class Stack:
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         self._refuse_second_stack()
         self._stopped = False
+        self._start_tracking()  # the slowest to start: first, so everything else overlaps it
         if self.mqtt_url:
             self.url = self.mqtt_url
         else:
             self._start_broker()
-        recorded: dict[str, object] = {"url": self.url, "pid": os.getpid()}
+        recorded: dict[str, object] = {"url": self.url, "pid": os.getpid(), "mlflow": self.tracking_uri}
         if self._identities:
             recorded["identity"] = str(self._identities[self.operator])
         self.broker_file.write_text(json.dumps(recorded) + "\n")
@@ -219,13 +243,30 @@ class Stack:
         return self.home / "nodes" / node / "data"
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        """Until the manager answers `nodes.list` with every flamelet online (or a process dies)."""
+        """Until the manager answers `nodes.list` with every flamelet online (or a process dies);
+        with `await_tracking`, also until the tracking server answers."""
         _run_in_thread(lambda: self._await_ready(timeout))
-        self.group.say("stack", f"ready: broker {self.url}, {self.flamelets} flamelet(s), home {self.home}")
+        tracking = self.tracking_uri
+        if "mlflow" in self.procs:
+            if self.await_tracking:
+                self.wait_tracking(timeout)
+            else:
+                tracking += " (starting)"
+                threading.Thread(target=self._watch_tracking, args=(timeout,), name="stack-mlflow", daemon=True).start()
+        self.group.say("stack", f"ready: broker {self.url}, MLflow {tracking}, {self.flamelets} flamelet(s), home {self.home}")
         if self.ui:
             self.group.say("stack", f"dashboard: {self.ui_url}")
         if self.metrics_urls:
             self.group.say("stack", "metrics: " + ", ".join(f"{name} {url}" for name, url in self.metrics_urls.items()))
+
+    def wait_tracking(self, timeout: float = 90.0) -> None:
+        """Until the stack's tracking server answers (at once when it runs none)."""
+        if "mlflow" not in self.procs:
+            return
+        try:
+            tracking_server.wait_healthy(self.tracking_uri, timeout=timeout, process=self.procs["mlflow"].popen)
+        except (RuntimeError, TimeoutError) as exc:
+            raise StackError(f"{exc}:\n{self.tail('mlflow')}") from None
 
     @property
     def ui_url(self) -> str:
@@ -284,16 +325,13 @@ class Stack:
                 self.mldata_file(node).unlink()
 
     def run_until_signal(self) -> int:
-        """Block until SIGINT/SIGTERM (or a process dies unexpectedly), then stop in order."""
+        """Block until SIGINT/SIGTERM, restarting processes that exit unexpectedly (see
+        `RestartPolicy`), then stop in order."""
         stop = threading.Event()
         previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-        reported: set[str] = set()
         try:
-            while not stop.wait(0.5):
-                for name, code in self.exited().items():
-                    if name not in reported:
-                        reported.add(name)
-                        self.group.say("stack", f"{name} exited with status {code} (restart it with `ember up` again)")
+            while not stop.wait(0.2):
+                self.group.supervise(self.restart_policy)
         finally:
             self.group.say("stack", "shutting down")
             self.stop()
@@ -324,6 +362,7 @@ class Stack:
             EMBER_HOME=str(self.home),
             EMBER_MQTT_URL=self.url,
             EMBER_EVENTLOG_URL=settings.resolved_eventlog_url(),
+            EMBER_MLFLOW_TRACKING_URI=self.tracking_uri,
             PYTHONUNBUFFERED="1",
         )
         if self.registry_address:
@@ -345,6 +384,41 @@ class Stack:
         self.group.spawn(self.group.add("mosquitto", [binary, "-c", str(conf)], dict(self._base_env), group=0))
         self._wait_listening("mosquitto", self._broker_port, 30)
         self.url = f"mqtt://127.0.0.1:{self._broker_port}"
+
+    def _watch_tracking(self, timeout: float) -> None:
+        """Say when the tracking server answers; a server that exits first is waited for again
+        once `ember up`'s supervision has restarted it (until `timeout`, or it is given up on)."""
+        deadline = time.monotonic() + timeout
+        proc = self.procs["mlflow"]
+        while True:
+            try:
+                self.wait_tracking(max(0.1, deadline - time.monotonic()))
+                break
+            except StackError as exc:
+                if self._stopped or proc.gave_up or time.monotonic() >= deadline:
+                    if not self._stopped:
+                        self.group.say("stack", f"the MLflow tracking server is not answering: {exc}")
+                    return
+            while not proc.alive() and not (self._stopped or proc.gave_up) and time.monotonic() < deadline:
+                time.sleep(0.2)  # until the supervision has started it again
+        took = time.monotonic() - self._tracking_started
+        self.group.say("stack", f"MLflow tracking server answering at {self.tracking_uri} ({took:.1f}s after it was started)")
+
+    def _start_tracking(self) -> None:
+        """Start MLflow's server (not waited for here: it starts alongside the services) unless
+        the environment names a tracking URI, which is then used as is."""
+        given = self._base_env.get("EMBER_MLFLOW_TRACKING_URI", "")
+        if given or not self.tracking:
+            self.tracking_uri = given or "none"
+            return
+        if not tracking_server.available():
+            raise StackError("MLflow's tracking server needs the full `mlflow` package (pip install mlflow), "
+                             "or set EMBER_MLFLOW_TRACKING_URI to a server (`none` turns tracking off)")
+        port = free_port()
+        argv = tracking_server.server_argv(self.home, port)
+        self.group.spawn(self.group.add("mlflow", argv, tracking_server.server_env(self._base_env), group=0))
+        self._tracking_started = time.monotonic()
+        self.tracking_uri = f"http://127.0.0.1:{port}"
 
     def _start_registry(self) -> None:
         """The image registry: `EMBER_REGISTRY` when set, else a private `docker-registry` on loopback."""

@@ -58,7 +58,14 @@ async def run(settings: object) -> int:
         session_expiry=SESSION_EXPIRY,
     )
     aggregator = Orchestrator(
-        bus, spec, job=settings.job_id, actor=actor, learners=settings.learner_ids(), code_dir=code_dir or None, tracking_uri=settings.tracking_uri()
+        bus,
+        spec,
+        job=settings.job_id,
+        actor=actor,
+        learners=settings.learner_ids(),
+        code_dir=code_dir or None,
+        tracking_uri=settings.tracking_uri(),
+        checkpoint_dir=settings.checkpoint_folder(),
     )
     PlacementWatch(bus, job=settings.job_id, actor=actor, generation=settings.generation, on_fenced=aggregator.fence, on_roster=aggregator.follow)
     stopped = False

@@ -71,6 +71,7 @@ async def run(settings: object) -> int:
         code_dir=code_dir or None,
     )
     bus, endpoint = learner_bus(settings.resolved_mqtt_url(), root=settings.topic_root, job=job, actor=actor, keepalive=settings.keepalive)
+    endpoint.codec = spec.training.update_codec
     watch = PlacementWatch(bus, job=settings.job_id, actor=actor, generation=settings.generation, on_fenced=endpoint.stop)
     stopped = False
 

@@ -3,16 +3,18 @@
 It stands in for the aggregator and the learners so the control plane (placement, flamelets,
 reports, job state machine) can be exercised before any ML code exists:
 
-    python -m ember.actors.probe --seconds 2 --exit-code 0
+    python -m ember.actors.probe --seconds 2 --exit-code 0 [--allocate-mb 300]
 
 It prints one line when it starts and one when it ends (with the actor and job ids Ember put in
 its environment), and on SIGTERM it stops at once and exits with 128 + SIGTERM (143), like any
-well-behaved process that was asked to stop early.
+well-behaved process that was asked to stop early. `--allocate-mb` makes it hold that much
+memory (touched, so it is resident) while it runs: a container's memory limit can be tried.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -21,21 +23,24 @@ import time
 from collections.abc import Sequence
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
+MAX_SECONDS = 7 * 24 * 3600.0
+"""`ember.jobspec.MAX_SECONDS`."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ember.actors.probe", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="how long to run before exiting (default 1)")
     parser.add_argument("--exit-code", type=int, default=0, help="exit code at the end (default 0)")
+    parser.add_argument("--allocate-mb", type=int, default=0, help="memory to hold while running (default 0)")
     args = parser.parse_args(argv)
-    from pydantic import ValidationError
-
-    from ember.jobspec import ProbeSpec, field_errors
-
-    try:  # the bounds the manager checked at submit
-        ProbeSpec.model_validate({"seconds": args.seconds, "exit_code": args.exit_code})
-    except ValidationError as exc:
-        parser.error("; ".join(f"{e['field']}: {e['reason']}" for e in field_errors(exc)))
+    # ProbeSpec's bounds (`ember.jobspec`, checked by the manager at submit), checked here with
+    # the standard library alone: the probe also runs in images that hold nothing but its source.
+    if not (math.isfinite(args.seconds) and 0 <= args.seconds <= MAX_SECONDS):
+        parser.error(f"seconds: must be a finite number from 0 to {MAX_SECONDS:g}")
+    if not 0 <= args.exit_code <= 255:
+        parser.error("exit_code: a process exit status is 0-255")
+    if args.allocate_mb < 0:
+        parser.error("allocate_mb: must be 0 or more")
     return args
 
 
@@ -50,10 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     began = time.monotonic()
+    held = [bytearray(b"\x01" * (1 << 20)) for _ in range(max(0, args.allocate_mb))]
     _say(f"started: running {args.seconds:g}s, then exiting with code {args.exit_code}")
     if stop.wait(max(0.0, args.seconds)):
         _say(f"stopped by SIGTERM after {time.monotonic() - began:.1f}s")
         return SIGTERM_EXIT
+    del held
     _say(f"done after {time.monotonic() - began:.1f}s: exiting with code {args.exit_code}")
     return args.exit_code
 

@@ -151,6 +151,7 @@ STATE_STYLE = {
     "succeeded": "green",
     "exited": "green",
     "running": "cyan",
+    "recovering": "magenta",
     "failed": "red",
     "lost": "red",
     "cancelled": "yellow",

@@ -82,6 +82,10 @@ def detail(job: dict[str, Any], expected_rounds: int | None = None) -> Group:
         parts += [Text(""), bar, Text(""), rounds(job)]
     result = job.get("result") or {}
     extras = {k: result[k] for k in ("mlflow_run_id", "model_version") if result.get(k)}
+    if job.get("recoveries"):
+        extras["recoveries"] = len(job["recoveries"])
+    if job.get("checkpoint"):
+        extras["checkpoint"] = f"round {job['checkpoint']['round']} ({job['checkpoint']['digest'][:12]})"
     if extras:
         parts += [Text("  ".join(f"{k}: {v}" for k, v in extras.items()))]
     return Group(*parts)

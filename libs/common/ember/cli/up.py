@@ -29,11 +29,12 @@ def up(
     ui_port: int = typer.Option(8765, "--ui-port", min=0, max=65535, help="Port of the web dashboard on 127.0.0.1 (0: a free one)."),
     no_ui: bool = typer.Option(False, "--no-ui", help="Do not start the web dashboard."),
 ) -> None:
-    """Start a private Mosquitto, the manager, builder, notifier and N flamelets; Ctrl-C stops them in order.
+    """Start a private Mosquitto, MLflow's tracking server, the manager, builder, notifier and N flamelets;
+    restart any that crashes (with backoff); Ctrl-C stops them in order.
 
-    Other `ember` commands find this stack through `$EMBER_HOME/broker.json`, with no flags.
-    Authentication and the ACL are on: identities are provisioned under `$EMBER_HOME/pki` on first
-    start, and commands on this home connect as the local operator.
+    Other `ember` commands find this stack (broker, tracking server) through `$EMBER_HOME/broker.json`,
+    with no flags. Authentication and the ACL are on: identities are provisioned under
+    `$EMBER_HOME/pki` on first start, and commands on this home connect as the local operator.
     """
     from ember.stack import Stack
 
@@ -58,5 +59,5 @@ def up(
         fail(exc)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    err.print(f"Ember is up. In another terminal: [bold]ember node list[/], [bold]ember job submit examples/probe/job.yaml --wait[/]  (EMBER_HOME={home})")
+    err.print(f"Ember is up. In another terminal: [bold]ember node list[/], [bold]ember job submit examples/probe/job.yaml --wait[/]  (EMBER_HOME={home}; MLflow: {stack.tracking_uri})")
     raise typer.Exit(stack.run_until_signal())

@@ -6,7 +6,8 @@ the truth that is rendered. Wake-ups are coalesced: at most one `jobs.get` per `
 whose rounds take milliseconds would otherwise have every round answered with the whole summary,
 all rounds included, which costs the manager more than the training), and the live view asks
 for the latest `LIVE_ROUNDS` rounds only; the summary returned at the end holds them all. A
-manager that stops answering for a while (restart) is waited for.
+manager that stops answering for a while (restart) is waited for. Image pulls (bytes done/total)
+come straight from the actors' state reports (`ember.cli.pulls`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rich.text import Text
 from ember import topics
 from ember.bus import Bus, Message
 from ember.cli.common import call, clock, elapsed, styled
+from ember.cli.pulls import Pulls
 from ember.cli.render import detail
 from ember.errors import RequestTimeout, Unavailable
 from ember.events import RoundCompleted, event_streams
@@ -44,10 +46,13 @@ async def follow_job(
 ) -> dict[str, Any]:
     """Render `job` as it changes until it is terminal (or `timeout` s pass); return its summary."""
     wake = asyncio.Event()
+    pulls = Pulls(job)
 
     async def on_message(message: Message) -> None:
         env = message.envelope
         if env is not None and (env.subject == job or env.data.get("job") == job):
+            if env.type == "ActorReport":
+                pulls.update(env.data)
             wake.set()
 
     live = Live(console=console, refresh_per_second=8, transient=False) if console.is_terminal else None
@@ -77,9 +82,12 @@ async def follow_job(
             if summary is not None:
                 if live is not None:
                     status = Text.from_markup("[yellow]manager not answering, retrying…[/]") if waiting_note else Text("")
-                    live.update(Group(detail(summary), status))
+                    bars = pulls.renderable()
+                    live.update(Group(detail(summary), bars if bars is not None else Text(""), status))
                 else:
                     printed = _print_new(console, summary, printed)
+                    for line in pulls.lines():
+                        console.print(escape(line))
                 if summary["state"] in TERMINAL:
                     # the job ends with its aggregator; give the learners' last reports a moment
                     ended_at = ended_at if ended_at is not None else loop.time()

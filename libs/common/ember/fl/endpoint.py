@@ -26,6 +26,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from flwr.app import Context, Message
 
@@ -33,7 +34,9 @@ from ember import topics
 from ember.bus import Bus
 from ember.bus import Message as BusMessage
 from ember.fl import flwr_compat as compat
-from ember.fl.serde import FrameError, Reassembler, chunk_message, decode_frame, signal, unpack_cast
+from ember.fl.codecs import encode_message
+from ember.fl.content import ContentCache
+from ember.fl.serde import FrameError, Reassembler, cast_parts, chunk_message, decode_frame, signal
 from ember.log import get_logger
 
 ClientAppLike = Callable[[Message, Context], Message]
@@ -71,6 +74,10 @@ class LearnerEndpoint:
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._chunks = Reassembler()
         self._cast_chunks = Reassembler()
+        self.codec = "none"
+        """The update codec applied to replies (`training.update_codec`, `ember.fl.codecs`)."""
+        self._content = ContentCache()
+        """The last content received, so the aggregator can send references (`ember.fl.content`)."""
         self._last_s: dict[str, float] = {}
         """Seconds the last message of each type took to handle (see `INLINE_MAX_S`)."""
         self._up = up_topic(bus.root, job, actor)
@@ -137,9 +144,9 @@ class LearnerEndpoint:
             return
         frame = decode_frame(message.payload)  # FrameError: the bus drops it with one warning
         if frame.kind == "msg":
-            whole = self._chunks.feed(frame)
+            whole = self._chunks.feed_whole(frame)
             if whole is not None:
-                self._queue.put_nowait(whole[0])
+                await self._received(whole.data, whole.header)
         elif frame.kind == "ping":
             if self.ready:
                 await self.bus.publish(self._up, signal("ready"))
@@ -156,14 +163,24 @@ class LearnerEndpoint:
         frame = decode_frame(message.payload)  # FrameError: the bus drops it with one warning
         if frame.kind != "msg":
             raise FrameError(f"unexpected {frame.kind!r} frame on the cast topic")
-        whole = self._cast_chunks.feed(frame)
+        whole = self._cast_chunks.feed_whole(frame)
         if whole is None:
             return
-        mine = unpack_cast(whole[0], self.actor)
+        mine = cast_parts(whole.data, self.actor)
         if mine is None:
             self.bus.stats["casts_not_addressed"] += 1  # the aggregator sampled other learners
         else:
-            self._queue.put_nowait(mine)
+            await self._received(mine[1], whole.header, head=mine[0])
+
+    async def _received(self, data: bytes | bytearray | memoryview, header: dict[str, Any], *, head: bytes = b"") -> None:
+        """Queue a whole message (`head + data`), its referenced content filled in from the cache;
+        if this learner lacks that content, ask the aggregator for the message in full (`miss`)."""
+        message = self._content.resolve(data, header.get("c"), head=head)
+        if message is None:
+            self.bus.stats["content_misses"] += 1
+            await self.bus.publish(self._up, signal("miss", t=header.get("t")))
+        else:
+            self._queue.put_nowait(message)
 
     async def _work(self) -> None:
         while True:
@@ -215,6 +232,7 @@ class LearnerEndpoint:
                 self.log.exception("learner.clientapp_failed", type=message.metadata.message_type)
             reply = compat.error_reply(message, compat.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}")
         compat.set_message_id(reply, uuid.uuid4().hex)
+        encode_message(reply, self.codec)
         return compat.message_to_bytes(reply), message.metadata.message_id, message.metadata.message_type, error
 
 

@@ -37,7 +37,7 @@ from importlib.metadata import version as _dist_version
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Error, Message
+from flwr.app import ArrayRecord, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.serde import message_from_proto, message_to_proto, metadata_to_proto, recorddict_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
@@ -79,6 +79,8 @@ __all__ = [
     "message_from_bytes",
     "message_to_bytes",
     "message_parts",
+    "message_pieces",
+    "PieceMemo",
     "messages_to_bytes",
     "run_config_from_dir",
     "set_message_id",
@@ -125,6 +127,51 @@ def message_parts(messages: Sequence[Message]) -> list[tuple[bytes, bytes]]:
         key = id(message.content)
         if key not in shared:
             shared[key] = ProtoMessage(content=recorddict_to_proto(message.content)).SerializeToString()
+        out.append((ProtoMessage(metadata=metadata_to_proto(message.metadata)).SerializeToString(), shared[key]))
+    return out
+
+
+class PieceMemo:
+    """The serialised pieces of the last few `ArrayRecord`s sent, by identity: a record sent
+    again unchanged (FedAvg's evaluate push and the next round's train push share one) is not
+    serialised again. The key is the record and each of its `Array`s with their fields and data
+    object (bytes, immutable), all held alive by the memo so their ids stay theirs."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._memo: dict[tuple[Any, ...], tuple[list[Any], bytes]] = {}
+
+    def piece(self, name: str, record: Any) -> bytes:
+        if not isinstance(record, ArrayRecord):
+            return ProtoMessage(content=recorddict_to_proto(RecordDict({name: record}))).SerializeToString()
+        held = [record, *record.values(), *(a.data for a in record.values())]
+        key = (name, id(record), *((k, id(a), a.dtype, tuple(a.shape), a.stype, id(a.data)) for k, a in record.items()))
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit[1]
+        piece = ProtoMessage(content=recorddict_to_proto(RecordDict({name: record}))).SerializeToString()
+        self._memo[key] = (held, piece)
+        while len(self._memo) > self.size:
+            self._memo.pop(next(iter(self._memo)))
+        return piece
+
+
+def message_pieces(messages: Sequence[Message], memo: PieceMemo | None = None) -> list[tuple[bytes, list[bytes]]]:
+    """Like `message_parts`, with each content as one protobuf piece per record (their
+    concatenation parses as the whole content: a repeated field's items append), so a record
+    sent before (the model) can be referenced apart from one that changed (the config). A
+    content shared by several messages is serialised once and is the same list object; with a
+    `memo`, a record sent before unchanged is not serialised again (the same bytes object)."""
+    memo = memo or PieceMemo(0)
+    shared: dict[int, list[bytes]] = {}
+    out: list[tuple[bytes, list[bytes]]] = []
+    for message in messages:
+        if message.has_error() or not message.has_content():
+            out.append((message_to_bytes(message), []))
+            continue
+        key = id(message.content)
+        if key not in shared:
+            shared[key] = [memo.piece(name, record) for name, record in message.content.items()]
         out.append((ProtoMessage(metadata=metadata_to_proto(message.metadata)).SerializeToString(), shared[key]))
     return out
 

@@ -50,8 +50,10 @@ from ember.bus import Bus
 from ember.bus import Message as BusMessage
 from ember.errors import EmberError
 from ember.fl import flwr_compat as compat
+from ember.fl.codecs import decode_message
+from ember.fl.content import ContentBook
 from ember.fl.rounds import RoundBook, round_key
-from ember.fl.serde import FrameError, Kind, Reassembler, chunk_message, decode_frame, pack_cast, signal
+from ember.fl.serde import FrameError, Kind, Reassembler, cast_table, chunk_message, decode_frame, signal
 from ember.log import get_logger
 
 T = TypeVar("T")
@@ -152,6 +154,10 @@ class MqttGrid(Grid):
         are on their way (so what it does, e.g. reporting the previous round, overlaps the round);
         in `send_and_receive`, when the last exchanges were quick (`QUICK_EXCHANGE_S`), once this
         one's replies are in instead."""
+        self._memo = compat.PieceMemo()
+        """Records sent recently, serialised (one sent again unchanged is not serialised again)."""
+        self.content = ContentBook()
+        """What each learner holds, so content it has goes as a reference (`ember.fl.content`)."""
         self._exchange_s: deque[float] = deque(maxlen=4)
         """Seconds the last `send_and_receive` calls took (a round has one to a few)."""
         bus.subscribe(topics.FL_UP, self._on_up, raw=True, job=job)
@@ -231,24 +237,47 @@ class MqttGrid(Grid):
                 raise ValueError(f"unknown destination node {message.metadata.dst_node_id}")
             compat.set_message_id(message, uuid.uuid4().hex)
             batch.messages.append((message.metadata.message_id, actor, message, self.book.sent(round_key(message))))
-        parts = compat.message_parts(messages)
+        parts = compat.message_pieces(messages, self._memo)
         sharing: dict[int, list[int]] = {}
-        for index, (_, body) in enumerate(parts):
-            if body:
-                sharing.setdefault(id(body), []).append(index)
+        for index, (_, pieces) in enumerate(parts):
+            if pieces:
+                sharing.setdefault(id(pieces), []).append(index)
         live = set(self.live())
         cast: set[int] = set()
         for indices in sharing.values():
             actors = {batch.messages[i][1] for i in indices}
             if len(indices) >= 2 and len(actors) == len(indices) and live <= actors:
                 heads = {batch.messages[i][1]: parts[i][0] for i in indices}
-                body = parts[indices[0]][1]
-                batch.publishes.append(_Publish(list(heads), list(chunk_message(pack_cast(heads, body))), cast=True))
+                batch.publishes.append(self._content_publish(heads, parts[indices[0]][1], cast=True))
                 cast.update(indices)
-        for index, (head, body) in enumerate(parts):
+        for index, (head, pieces) in enumerate(parts):
             if index not in cast:
-                batch.publishes.append(_Publish([batch.messages[index][1]], list(chunk_message(head + body))))
+                batch.publishes.append(self._content_publish({batch.messages[index][1]: head}, pieces))
         return batch
+
+    # --- content references (ember.fl.content) ----------------------------------------------
+    def _content_publish(self, heads: dict[str, bytes], pieces: list[bytes], *, cast: bool = False) -> _Publish:
+        """The frames of one content to the learners of `heads`: pieces they all hold go as
+        references; the full pieces are kept for a learner that reports a `miss`."""
+        transfer = uuid.uuid4().hex
+        table, inline = self.content.plan(list(heads), pieces)
+        extra = {"c": table} if pieces else None
+        if len(inline) < len(pieces):
+            self.content.keep(transfer, {actor: (head, pieces) for actor, head in heads.items()})
+        buffers = [cast_table(heads), *inline] if cast else [*heads.values(), *inline]  # chunked, never joined
+        return _Publish(list(heads), list(chunk_message(buffers, transfer=transfer, extra=extra)), cast=cast)
+
+    async def _resend(self, actor: str, transfer: str) -> None:
+        """A learner lacked content a transfer referenced: send it its message in full."""
+        full = self.content.full(transfer, actor)
+        self.stats["content_misses"] += 1
+        if full is None:
+            self.log.warning("grid.miss_unknown_transfer", actor=actor, transfer=transfer[:32])
+            return
+        head, pieces, table = full
+        self.log.info("grid.content_resent", actor=actor)
+        for frame in chunk_message([head, *pieces], extra={"c": table}):
+            await self.bus.publish(self._down(actor), frame)
 
     def _rounds_started(self, batch: _Batch) -> None:
         if self.on_round_start is not None:
@@ -433,6 +462,7 @@ class MqttGrid(Grid):
             self.book.replied(group, pending.actor, ok=False)
             return compat.error_reply(pending.message, compat.NODE_UNAVAILABLE, reason)
         reply = data if isinstance(data, Message) else compat.message_from_bytes(data)
+        decode_message(reply)  # undo a learner's update codec (ember.fl.codecs)
         if reply.has_error():
             self.book.replied(group, pending.actor, ok=False)
             self.log.warning("grid.error_reply", actor=pending.actor, code=reply.error.code, reason=(reply.error.reason or "")[:300])
@@ -468,6 +498,8 @@ class MqttGrid(Grid):
             self._notify()
         elif frame.kind == "gone":
             self._mark_gone(actor, str(frame.header.get("reason") or "connection lost"))
+        elif frame.kind == "miss":
+            await self._resend(actor, str(frame.header.get("t", "")))
         elif frame.kind == "msg":
             whole = self._chunks[actor].feed(frame)
             if whole is None:
@@ -477,7 +509,7 @@ class MqttGrid(Grid):
             if pending is None or pending.actor != actor or pending.future.done():
                 self.stats["late_or_unknown_replies"] += 1
                 return
-            pending.future.set_result(self._decoded(data))
+            pending.future.set_result(self._decoded(bytes(data)))  # the reply's buffer is freed at once
             self.stats["replies"] += 1
         else:
             raise FrameError(f"unexpected {frame.kind!r} frame from learner {actor}")

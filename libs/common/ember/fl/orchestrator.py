@@ -9,6 +9,9 @@
    publishes `RoundCompleted` on `jobs/{job}/progress` and logs the round to MLflow
    (batched: at most one write every `MLFLOW_INTERVAL_S`); fails `only N learners left,
    minimum M` when too few learners remain;
+   ModelManager jobs also checkpoint every round (`ember.fl.checkpoint`, in the background,
+   the newest `training.checkpoints` kept) and publish `CheckpointSaved` once one is stored;
+   an aggregator that finds a checkpoint of its job resumes after it, in the job's MLflow run;
 4. logs and registers the final model, publishes `JobResult` (metrics, MLflow run id, model
    version) on `jobs/{job}/progress`, and sends `done` to every learner.
 
@@ -29,8 +32,9 @@ from typing import Any
 from ember import topics
 from ember.bus import Bus
 from ember.errors import EmberError
-from ember.events import JobResult, RoundCompleted, fact_id
+from ember.events import CheckpointSaved, JobResult, RoundCompleted, fact_id
 from ember.fl import flwr_compat as compat
+from ember.fl.checkpoint import Checkpoint, CheckpointStore, CheckpointWriter, LocalStore, MlflowStore, latest
 from ember.fl.clientapp import base_config, new_manager
 from ember.fl.fence import Roster
 from ember.fl.grid import MqttGrid, TooFewLearners
@@ -45,6 +49,11 @@ MLFLOW_INTERVAL_S = 2.0
 """Round metrics reach MLflow at most this often, batched (an MLflow write costs a fast round's
 worth of CPU): a round that ends this long after the last write (or the start) is written at
 once, faster ones wait for the next write, and `_drain` writes the rest before the result."""
+
+
+REPLAYED_ROUNDS = 100
+"""A resumed aggregator publishes again this many of the checkpoint's latest rounds: far more than
+the previous aggregator can have left unpublished (its reports trail the rounds by one)."""
 
 
 def run_id_for(job: str) -> int:
@@ -79,10 +88,14 @@ class Orchestrator:
         learners: list[str],
         code_dir: str | Path | None = None,
         tracking_uri: str | None = None,
+        checkpoint_dir: str | Path | None = None,
     ) -> None:
         self.bus, self.spec, self.job, self.actor = bus, spec, job, actor
         self.code_dir = code_dir
         self.tracking_uri = tracking_uri
+        self.checkpoint_dir = checkpoint_dir
+        self.resumed_from: Checkpoint | None = None
+        self._checkpoints: CheckpointWriter | None = None
         self.log = get_logger("ember.fl.orchestrator", job=job, actor=actor)
         self.grid = MqttGrid(bus, job=job, learners=learners, minimum=spec.learners.minimum, run_id=run_id_for(job),
                              join_timeout=spec.training.round_timeout)
@@ -105,8 +118,11 @@ class Orchestrator:
             if self.tracking_uri:
                 self._tracker = Tracker(self.tracking_uri, self.spec, self.job)
                 self.result.mlflow_run_id = await asyncio.to_thread(self._tracker.start)
-            live = await self.grid.wait_ready(self.spec.training.round_timeout)
-            self.log.info("aggregator.start", learners=live, rounds=self.spec.training.rounds, strategy=self.spec.training.strategy)
+            await asyncio.to_thread(self._open_checkpoints)
+            await self._replay_rounds()
+            if not self._trained():  # else the previous aggregator died between its last round and its result
+                live = await self.grid.wait_ready(self.spec.training.round_timeout)
+                self.log.info("aggregator.start", learners=live, rounds=self.spec.training.rounds, strategy=self.spec.training.strategy)
             await asyncio.to_thread(self._train)
             self.result.ok = True
             await self._publish_result()
@@ -116,6 +132,8 @@ class Orchestrator:
             self.log.exception("aggregator.crashed")
             self.result.reason = f"aggregator failed: {type(exc).__name__}: {exc}"[:1000]
         finally:
+            if self._checkpoints is not None:
+                await asyncio.to_thread(self._checkpoints.close, 60)
             await asyncio.to_thread(self._drain, quiet=True)
             self._reporter.shutdown(wait=False)
             if self._tracker is not None:
@@ -138,6 +156,59 @@ class Orchestrator:
         if roster.learners and list(roster.learners) != self.grid.learners:
             self.grid.update_roster(roster.learners, reason=f"not among the learners of generation {roster.generation}")
 
+    # --- checkpoints ---------------------------------------------------------------------------
+    def _checkpoint_store(self) -> CheckpointStore | None:
+        """The job's MLflow run when tracked, else `checkpoint_dir`; None: no checkpoints."""
+        if self.spec.training.checkpoints == 0 or self.spec.code.serverapp:
+            return None
+        if self._tracker is not None and self._tracker.run_id:
+            return MlflowStore(self._tracker.uri, self._tracker.run_id)
+        if self.checkpoint_dir is not None:
+            return LocalStore(self.checkpoint_dir)
+        return None
+
+    def _open_checkpoints(self) -> None:
+        """Find the checkpoint to resume from and start the writer (blocking: MLflow, disk)."""
+        store = self._checkpoint_store()
+        if store is None:
+            return
+        found = latest(store)
+        if found is not None:
+            self.resumed_from = found[0]
+            self.log.info("aggregator.resume", round=found[0].round, digest=found[1])
+            self.result.rounds = []
+            if found[0].history:
+                self.result.metrics = dict(found[0].history[-1].get("metrics", {}))
+            if self._tracker is not None:
+                self._tracker.log_history(found[0].history)
+        self._checkpoints = CheckpointWriter(
+            store, keep=self.spec.training.checkpoints, interval=self.spec.training.checkpoint_interval, on_saved=self._checkpoint_saved
+        )
+
+    def _trained(self) -> bool:
+        """The checkpoint to resume from holds the last round: only the result is left to give."""
+        return self.resumed_from is not None and self.resumed_from.round >= self.spec.training.rounds
+
+    async def _replay_rounds(self) -> None:
+        """Resuming: publish again the checkpoint's latest rounds. A round is published once the
+        next one starts, so the rounds just before the checkpoint may never have left the previous
+        aggregator; the manager ignores the ones it holds (deterministic ids)."""
+        if self.resumed_from is None:
+            return
+        topic = topics.JOB_PROGRESS.format(self.bus.root, job=self.job)
+        for entry in self.resumed_from.history[-REPLAYED_ROUNDS:]:
+            event = RoundCompleted.model_validate(entry)
+            await self.bus.publish(topic, event.envelope(self.job, source=self.actor, event_id=fact_id(self.job, "round", event.round)))
+
+    def _checkpoint_saved(self, number: int, digest: str) -> None:
+        """In the writer's thread: publish `CheckpointSaved` (best effort; the store holds it)."""
+        envelope = CheckpointSaved(round=number, digest=digest).envelope(
+            self.job, source=self.actor, event_id=fact_id(self.job, "checkpoint", number, digest[:16])
+        )
+        assert self._loop is not None
+        topic = topics.JOB_PROGRESS.format(self.bus.root, job=self.job)
+        self._reports.append(asyncio.run_coroutine_threadsafe(self.bus.publish(topic, envelope), self._loop))
+
     # --- in the worker thread -----------------------------------------------------------------
     def _train(self) -> None:
         if self.spec.code.serverapp:
@@ -150,7 +221,13 @@ class Orchestrator:
         manager.build(base_config(self.spec, node=self.actor))
         self.grid.on_round_start = lambda _number: self._report_finished()
         try:
-            run_model_manager(self.grid, manager, self.spec, self._round_done)
+            writer = self._checkpoints
+            if self._trained() and self.resumed_from is not None:
+                manager.set_parameters(self.resumed_from.parameters)
+            else:
+                run_model_manager(
+                    self.grid, manager, self.spec, self._round_done, resume=self.resumed_from, on_checkpoint=writer.submit if writer else None
+                )
         except BaseException:
             self._report_finished(check=False)  # the rounds that did finish still count
             raise
@@ -167,12 +244,14 @@ class Orchestrator:
                 if stats is not None:
                     self._report(stats)
 
-    def _round_done(self, number: int, metrics: dict[str, float]) -> None:
+    def _round_done(self, number: int, metrics: dict[str, float]) -> dict[str, Any] | None:
         """ModelManager jobs: the round is over; it is reported once the next round's messages are
         on their way (or at the end), so reporting overlaps the learners' work."""
         stats = self.grid.book.finish(number, metrics)
-        if stats is not None:
-            self._finished.append(stats)
+        if stats is None:
+            return None
+        self._finished.append(stats)
+        return stats.event_data()
 
     def _report_finished(self, *, check: bool = True) -> None:
         finished, self._finished = self._finished, []

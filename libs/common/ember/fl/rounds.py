@@ -33,6 +33,16 @@ class RoundStats:
             "failed": self.failed,
         }
 
+    @classmethod
+    def from_event_data(cls, data: dict[str, Any]) -> RoundStats:
+        return cls(
+            round=int(data["round"]),
+            metrics=dict(data.get("metrics", {})),
+            duration_s=float(data.get("duration_s", 0.0)),
+            learners=list(data.get("learners", [])),
+            failed=list(data.get("failed", [])),
+        )
+
 
 @dataclass
 class _Open:

@@ -6,7 +6,8 @@
 `EMBER_MLFLOW_TRACKING_URI` (aggregator; `none` disables tracking), `EMBER_HOME`,
 `EMBER_MLDATA_URL` / `EMBER_MLDATA_TOKEN` (learners; empty: the node's mldata defaults),
 `EMBER_CODE_DIR` (optional: the user's code folder; default: found from the entry point, else
-`code.path` under `EMBER_JOB_SPEC_DIR`).
+`code.path` under `EMBER_JOB_SPEC_DIR`), `EMBER_CHECKPOINT_DIR` (aggregator, when the job is
+not tracked in MLflow: where its checkpoints go; default `$EMBER_HOME/checkpoints/<job>`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class ActorSettings(DataSettings):
     """The job's placement generation the actor was started in (`EMBER_GENERATION`)."""
     code_dir: str = ""
     job_spec_dir: str = ""
+    checkpoint_dir: str = ""
 
     def spec(self) -> JobSpec:
         if not self.job_spec:
@@ -72,6 +74,9 @@ class ActorSettings(DataSettings):
     def tracking_uri(self) -> str | None:
         uri = self.resolved_mlflow_uri()
         return None if uri.lower() in DISABLED else uri
+
+    def checkpoint_folder(self) -> Path:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else self.home / "checkpoints" / self.job_id
 
     def require(self, *names: str) -> None:
         missing = [f"EMBER_{name.upper()}" for name in names if not getattr(self, name)]

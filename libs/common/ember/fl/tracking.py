@@ -1,15 +1,17 @@
 """MLflow tracking of a job (aggregator only: learners log nothing, their data stays private).
 
 One experiment per job name (`tracking.experiment`, default the job name), one run per job
-(run name = job id) holding the spec's parameters flattened, per-round metrics with
+(run name = job id; an aggregator that resumes the job reopens the run tagged with its job id,
+and logs no round at a step the run already has) holding the spec's parameters flattened, per-round metrics with
 `step=round` (aggregated `train_*` / `eval_*`, `learners`, `learners_failed`,
 `round_duration_s`), and the final global model logged with its flavour
 (`ModelManager.model_flavor()`: `sklearn`, `pytorch`, else `pyfunc` wrapping the
 ModelManager with the user's code folder as `code_paths`) and registered under
 `tracking.model_name` (default the job name).
 
-The URI is `EMBER_MLFLOW_TRACKING_URI`, default `sqlite:///$EMBER_HOME/mlflow.sqlite3`; with
-a SQLite store, artifacts go to `mlartifacts/` next to the database file.
+The URI is `EMBER_MLFLOW_TRACKING_URI` (`ember up` sets it to its tracking server, a deployment
+to its own; `Settings.resolved_mlflow_uri`); with a SQLite store used directly, artifacts go to
+`mlartifacts/` next to the database file.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class Tracker:
         self.uri, self.spec, self.job = uri, spec, job
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         self.run_id = ""
+        self.logged_through = 0
+        """The highest round (step) already in the run; rounds up to it are not logged again."""
 
     def start(self) -> str:
         from mlflow.entities import Param
@@ -85,6 +89,13 @@ class Tracker:
             experiment_id = self.client.create_experiment(self.spec.experiment, artifact_location=artifact_root(self.uri))
         else:
             experiment_id = experiment.experiment_id
+        runs = self.client.search_runs([experiment_id], filter_string=f"tags.`ember.job` = '{self.job}'", max_results=1)
+        if runs:
+            self.run_id = runs[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            keys = runs[0].data.metrics
+            self.logged_through = max((m.step for k in keys for m in self.client.get_metric_history(self.run_id, k)), default=0)
+            return self.run_id
         run = self.client.create_run(experiment_id, run_name=self.job, tags={"ember.job": self.job, "ember.name": self.spec.name})
         self.run_id = run.info.run_id
         params = [Param(k, v) for k, v in sorted(flatten(self.spec.model_dump(mode="json", exclude={"probe"})).items())]
@@ -99,10 +110,18 @@ class Tracker:
         now = int(time.time() * 1000)
         metrics = []
         for stats in rounds:
+            if stats.round <= self.logged_through:
+                continue
+            self.logged_through = stats.round
             values = {**stats.metrics, "learners": len(stats.learners), "learners_failed": len(stats.failed), "round_duration_s": stats.duration_s}
             metrics += [Metric(key, float(value), now, stats.round) for key, value in values.items()]
         for start in range(0, len(metrics), MAX_BATCH_METRICS):
             self.client.log_batch(self.run_id, metrics=metrics[start : start + MAX_BATCH_METRICS])
+
+    def log_history(self, history: list[dict[str, Any]]) -> None:
+        """A resumed job's rounds (`RoundCompleted` data from its checkpoint) that had not reached
+        the run before the previous aggregator stopped."""
+        self.log_rounds([RoundStats.from_event_data(entry) for entry in history])
 
     def log_model(self, manager: ModelManager, code_dir: str | Path | None = None) -> str:
         """Log the final model with its flavour and register it; returns the model version."""

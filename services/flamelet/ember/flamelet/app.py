@@ -31,8 +31,7 @@ from ember.envelope import Envelope, utcnow
 from ember.errors import InvalidSettings, Unavailable
 from ember.events import ActorLogLines, ActorReport, ActorSpec, NodeStatus
 from ember.flamelet.handlers import desired_handler
-from ember.flamelet.node import node_info
-from ember.flamelet.process import ProcessRuntime
+from ember.flamelet.node import node_info, node_runtimes
 from ember.flamelet.runtime import Runtime
 from ember.flamelet.settings import FlameletSettings
 from ember.flamelet.supervisor import Supervisor
@@ -56,7 +55,7 @@ class Flamelet(Service):
         self.root = settings.topic_root
         self.started: datetime = utcnow()
         self._will_since = self._online_since = self.started
-        self.runtime = runtime or ProcessRuntime(settings.actors_dir, orphan_grace=settings.flamelet_orphan_grace)
+        self.runtime = runtime or node_runtimes(settings)
         self.log = self.log.bind(node=node)
         self.bus = service_bus(settings, f"ember-flamelet-{node}", f"flamelet/{node}", will=self._will(), on_connect=self._on_connect)
         self.supervisor = Supervisor(
@@ -172,7 +171,7 @@ class Flamelet(Service):
                     await self._publish_info()
 
     async def _publish_info(self) -> None:
-        info = node_info(self.settings, self.started)
+        info = node_info(self.settings, self.started, getattr(self.runtime, "names", [self.runtime.name]))
         if not info.mldata_url:  # the URL the node's mldata recorded: its learners reach it there
             info = info.model_copy(update={"mldata_url": read_url(self.settings.mldata_data_dir)})
         envelope = self.bus.envelope("NodeInfo", info.model_dump(mode="json"), subject=self.node)

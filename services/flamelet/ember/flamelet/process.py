@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from ember.events import ActorSpec
 from ember.flamelet.code import CodeCache
-from ember.flamelet.runtime import ActorExit, StartFailed
+from ember.flamelet.runtime import ActorExit, PullProgress, StartFailed
 from ember.log import get_logger
 
 SHIM = Path(__file__).with_name("shim.py")
@@ -68,12 +68,17 @@ async def _until_gone(pid: int, marker: str) -> None:
     except ProcessLookupError:
         return
     except (OSError, AttributeError):
-        while _alive(pid, marker):
+        while _alive(pid, marker):  # noqa: ASYNC110 (no pidfd on this kernel: nothing to wait on but the process table)
             await asyncio.sleep(0.2)
         return
     loop = asyncio.get_running_loop()
-    gone = loop.create_future()
-    loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+    gone: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(fd, readable)
     try:
         await gone
     finally:
@@ -208,24 +213,27 @@ class ProcessRuntime:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
+    async def prepare(self, spec: ActorSpec, progress: PullProgress) -> None:
+        """Nothing to fetch: the artifact is a venv and a code folder on this disk."""
+
     async def start(self, spec: ActorSpec) -> ProcessActor:
-        if spec.runtime != self.name:
-            raise StartFailed(f"this node runs actors with the {self.name!r} runtime, not {spec.runtime!r}")
+        if spec.artifact.kind == "image":
+            raise StartFailed(f"the {self.name!r} runtime cannot run an image artifact ({spec.artifact.image})")
         files = self.files(spec.actor)
         if spec.artifact.bundle:
             python, code_dir = await self.code.prepare(spec)
             spec = spec.model_copy(update={"artifact": spec.artifact.model_copy(update={"python": python, "code_dir": code_dir})})
         command = self.command(spec)
         code_dir = spec.artifact.code_dir
-        if code_dir and not Path(code_dir).is_dir():
+        if code_dir and not Path(code_dir).is_dir():  # noqa: ASYNC240 (one stat)
             raise StartFailed(f"the artifact's code folder {code_dir} does not exist")
         files.remove()
-        with open(files.log, "ab") as out:
+        with open(files.log, "ab") as out:  # noqa: ASYNC230 (the log file is opened once, to hand to the child)
             stamp = datetime.now(UTC).isoformat(timespec="seconds")
             out.write(f"--- ember: {stamp} starting {spec.actor}: {' '.join(command)}\n".encode())
             out.flush()
             try:
-                popen = subprocess.Popen(
+                popen = subprocess.Popen(  # noqa: ASYNC220 (Popen of the shim returns at once; the actor runs detached)
                     [sys.executable, "-I", str(SHIM), *self._watch_owner(), str(files.exit), *command],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     env=self.environment(spec), cwd=code_dir or self.actors_dir, start_new_session=True,
@@ -261,5 +269,5 @@ class ProcessRuntime:
                 found.append(ProcessActor(spec, files, pid, exit=ActorExit(None, "lost: its process is gone and left no exit code")))
         return found
 
-    def forget(self, actor: str) -> None:
+    async def forget(self, actor: str) -> None:
         self.files(actor).remove()

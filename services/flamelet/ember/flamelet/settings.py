@@ -37,6 +37,10 @@ class FlameletSettings(Settings):
     state (to stop what is no longer desired) before reporting `online` without it."""
     flamelet_log_interval: float = Field(default=0.5, gt=0)
     """How often new actor log lines are batched onto `nodes/{node}/actors/{actor}/log`."""
+    flamelet_runtimes: list[str] = Field(default_factory=lambda: ["process", "docker"])
+    """Runtimes this node may offer (`EMBER_FLAMELET_RUNTIMES=process`); `docker` only when an engine answers."""
+    flamelet_keep_images: int = Field(default=3, ge=0)
+    """Actor images kept on the node (most recently used); older ones are removed as jobs end."""
     flamelet_summary_interval: float = Field(default=5.0, gt=0)
     """How often the mldata summary file is checked for new data tags."""
     flamelet_pip_args: str = ""
@@ -56,7 +60,7 @@ class FlameletSettings(Settings):
             raise ValueError(f"node name {shown!r} ({len(value)} chars): use 1-63 letters, digits, '.', '_' or '-'")
         return value
 
-    @field_validator("flamelet_capabilities", mode="before")
+    @field_validator("flamelet_capabilities", "flamelet_runtimes", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

@@ -5,8 +5,9 @@ started yet, stops every actor that is no longer desired, and ignores a revision
 the last one applied from the same notifier run (`DesiredState.epoch`); a state of another
 epoch is applied as it comes, so no revision, however far ahead, holds the node past the
 notifier's next publish. Actors run once: an actor that ended stays ended while it is desired.
-Each actor has one watcher task that reports `starting -> running -> exited | failed`
-(retained) and streams new log lines. Nothing here knows about MQTT: reports and log lines go
+Each actor has one watcher task that reports `[pulling ->] starting -> running -> exited | failed`
+(retained; `pulling` with bytes done/total while its image is fetched) and streams new log
+lines. Nothing here knows about MQTT: reports and log lines go
 through the two callables the app passes in.
 
 Reports are *held* (kept as each actor's latest, not published) from the start and again after
@@ -18,16 +19,20 @@ node was away is never reported `running` again.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ember.events import ActorReport, ActorSpec, ActorState, DesiredState
 from ember.flamelet.logtail import LogTail, last_lines
-from ember.flamelet.runtime import ActorRun, Runtime, StartFailed
+from ember.flamelet.runtime import ActorRun, PullProgress, Runtime, StartFailed
 from ember.log import get_logger
 
 TAIL_LINES = 20
 LOG_BATCH = 200
+PULL_REPORT_INTERVAL = 0.5
+"""At most one `pulling` report per actor this often (the last one always goes out)."""
 
 PublishReport = Callable[[ActorReport], Awaitable[None]]
 PublishLog = Callable[[ActorSpec, list[str]], Awaitable[None]]
@@ -104,7 +109,7 @@ class Supervisor:
         assert self._tg is not None, "bind() the supervisor before applying a desired state"
         for actor, spec in wanted.items():
             if actor not in self.actors:
-                managed = Managed(spec, self._report(spec, ActorState.STARTING))
+                managed = Managed(spec, self._report(spec, ActorState.PENDING))
                 self.actors[actor] = managed
                 managed.watcher = self._tg.create_task(self._watch(managed), name=f"watch:{actor}")
         for actor, managed in list(self.actors.items()):
@@ -124,7 +129,7 @@ class Supervisor:
 
     async def _forget(self, managed: Managed) -> None:
         self.actors.pop(managed.spec.actor, None)
-        self.runtime.forget(managed.spec.actor)
+        await self.runtime.forget(managed.spec.actor)
         if self._clear_report is not None:
             await self._clear_report(managed.spec)
 
@@ -133,8 +138,9 @@ class Supervisor:
         spec = managed.spec
         log = self.log.bind(actor=spec.actor, job=spec.job)
         if managed.run is None:
-            await self._set(managed, ActorState.STARTING)
             try:
+                await self.runtime.prepare(spec, self._pull_progress(managed))
+                await self._set(managed, ActorState.STARTING)
                 managed.run = await self.runtime.start(spec)
             except StartFailed as exc:
                 managed.started.set()
@@ -161,12 +167,25 @@ class Supervisor:
             reason += "; stopped because it is no longer desired"
         elif managed.shutdown:
             reason += "; stopped because its flamelet shut down"
+        # the reason stays one line; the actor's last lines travel in `log_tail`
         tail_text = "\n".join(last_lines(run.log_path, TAIL_LINES)) if state == ActorState.FAILED else ""
-        if state == ActorState.FAILED and tail_text:
-            reason = f"{reason}\n{tail_text}"
         log.info("flamelet.actor_ended", state=state.value, exit_code=exit.code, reason=exit.reason)
         await self._set(managed, state, exit_code=exit.code, reason=reason, log_tail=tail_text, pid=run.pid)
         await self._done(managed)
+
+    def _pull_progress(self, managed: Managed) -> PullProgress:
+        """Reports `pulling` with bytes done/total, at most every PULL_REPORT_INTERVAL seconds."""
+        last = 0.0
+        image = managed.spec.artifact.image
+
+        async def progress(done: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= PULL_REPORT_INTERVAL or (total and done >= total):
+                last = now
+                await self._set(managed, ActorState.PULLING, reason=f"pulling {image}", bytes_done=done, bytes_total=total)
+
+        return progress
 
     async def _done(self, managed: Managed) -> None:
         if managed.stopping:
@@ -176,7 +195,7 @@ class Supervisor:
         for start in range(0, len(lines), LOG_BATCH):
             await self._publish_log(spec, lines[start : start + LOG_BATCH])
 
-    def _report(self, spec: ActorSpec, state: ActorState, **fields: object) -> ActorReport:
+    def _report(self, spec: ActorSpec, state: ActorState, **fields: Any) -> ActorReport:
         return ActorReport(actor=spec.actor, job=spec.job, node=self.node, role=spec.role, state=state, **fields)
 
     async def _set(self, managed: Managed, state: ActorState, **fields: object) -> None:

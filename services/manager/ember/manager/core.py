@@ -14,7 +14,7 @@ from ember.actions import ServeModel, StopServing, SubmitJob
 from ember.bus import Bus
 from ember.errors import Conflict, InvalidRequest
 from ember.eventlog.base import EventLog, StoredEvent
-from ember.events import ActorReport, Event, JobResult, NodeInfo, NodeStatus, Role, RoundCompleted, ServingStatus
+from ember.events import ActorReport, Event, NodeInfo, NodeStatus, Role, ServingStatus
 from ember.follower import LogFollower, append_and_publish
 from ember.log import get_logger
 from ember.manager import decide, jobs, membership, reports, serving
@@ -130,8 +130,9 @@ class Manager:
         event_id, event = decision
         await self.append(event_id, report.job, event)
 
-    async def record_progress(self, job_id: str, report: RoundCompleted | JobResult, source: str = "") -> None:
-        """A round the aggregator finished (`{job}:round:{n}`), or its final result (`{job}:result`)."""
+    async def record_progress(self, job_id: str, report: reports.Progress, source: str = "") -> None:
+        """A round the aggregator finished (`{job}:round:{n}`), a checkpoint it stored, or its
+        final result (`{job}:result`)."""
         decision = reports.progress_event(report, self.projection.jobs.get(job_id), job_id, source)
         if isinstance(decision, reports.Skip):
             await self.catch_up()
@@ -159,7 +160,7 @@ class Manager:
             if job.state.terminal:
                 continue
             now = datetime.now(UTC)
-            for event_id, event in decide.decide(job, tail_lines=self.tail_lines, now=now, deploy_timeout=self.deploy_timeout):
+            for event_id, event in decide.decide(job, now=now, deploy_timeout=self.deploy_timeout):
                 await self.append(event_id, job.id, event)
 
 

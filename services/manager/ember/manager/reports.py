@@ -15,6 +15,7 @@ from ember.events import (
     ActorReport,
     ActorState,
     ActorStateChanged,
+    CheckpointSaved,
     Event,
     JobResult,
     ResultReported,
@@ -23,6 +24,7 @@ from ember.events import (
     fact_id,
 )
 from ember.projection import JobView
+from ember.reasons import one_line, plain
 
 ORDER = {
     ActorState.PENDING: 0,
@@ -74,24 +76,30 @@ def actor_event(report: ActorReport, job: JobView | None) -> tuple[str, ActorSta
         role=actor.role,
         state=report.state,
         exit_code=report.exit_code,
-        reason=report.reason,
-        log_tail=report.log_tail[-MAX_LOG_TAIL:],
+        reason=one_line(report.reason),  # one plain bounded line; the full text is in the actor's log
+        log_tail=plain(report.log_tail[-MAX_LOG_TAIL:]),
     )
     return fact_id(report.job, report.actor, report.state.value), event
 
 
-def parse_progress(envelope: Envelope) -> RoundCompleted | JobResult:
-    """A progress report: a `RoundCompleted`, or the `JobResult` at the end of training."""
+Progress = RoundCompleted | CheckpointSaved | JobResult
+
+
+def parse_progress(envelope: Envelope) -> Progress:
+    """A progress report: a `RoundCompleted`, a `CheckpointSaved`, or the `JobResult` at the end of training."""
     if envelope.type == RoundCompleted.__name__:
         return RoundCompleted.model_validate(envelope.data)
+    if envelope.type == CheckpointSaved.__name__:
+        return CheckpointSaved.model_validate(envelope.data)
     if envelope.type == JobResult.__name__:
         return JobResult.model_validate(envelope.data)
     raise ValueError(f"expected a RoundCompleted or JobResult envelope on a progress topic, got {envelope.type!r}")
 
 
-def progress_event(report: RoundCompleted | JobResult, job: JobView | None, job_id: str, source: str = "") -> tuple[str, Event] | Skip:
-    """For a known job: a round as `{job}:round:{n}`, the final result as `{job}:result` (its
-    metrics, MLflow run and model version).
+def progress_event(report: Progress, job: JobView | None, job_id: str, source: str = "") -> tuple[str, Event] | Skip:
+    """For a known job: a round as `{job}:round:{n}`, a checkpoint as
+    `{job}:checkpoint:{n}:{digest prefix}`, the final result as `{job}:result` (its metrics,
+    MLflow run and model version).
 
     Only the job's aggregator reports progress: `source` (the envelope's) must name one of the
     job's aggregator actors, and one of the current generation (an aggregator a re-placement
@@ -106,6 +114,8 @@ def progress_event(report: RoundCompleted | JobResult, job: JobView | None, job_
     sender = job.actors[source]
     if sender.generation < job.generation:
         return Skip(f"fenced: {source} is of generation {sender.generation}, the job is at {job.generation}")
+    if isinstance(report, CheckpointSaved):
+        return fact_id(job_id, "checkpoint", report.round, report.digest[:16]), report
     if not isinstance(report, RoundCompleted):
         return fact_id(job_id, "result"), ResultReported(**report.model_dump())
     if report.round < 1:

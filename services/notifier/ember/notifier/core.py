@@ -1,8 +1,10 @@
 """The notifier's decisions, level-triggered from the projection and the node table.
 
 `decide()` returns the events the notifier owes now, each with its deterministic id
-(docs/control-plane.md): `{job}:placed:{generation}` for ActorsPlaced and `{job}:terminal` for
-JobFailed. Calling it again (after a crash, or on a view that has not caught up yet) is
+(docs/control-plane.md): `{job}:placed:{generation}` for ActorsPlaced, `{job}:recovering:{generation}`
+for JobRecovering (the aggregator's node is lost: `ember.recovery`) and `{job}:terminal` for
+JobFailed. A recovering job gets its aggregator (and any actor on an offline node) re-placed,
+on any online node but an offline one: its learners keep their ids and re-join the new one. Calling it again (after a crash, or on a view that has not caught up yet) is
 harmless: the log ignores an id it already holds.
 """
 
@@ -15,6 +17,7 @@ from ember.events import ActorsPlaced, Event, JobFailed, JobState, NodeInfo, fac
 from ember.nodes import NodeTable
 from ember.notifier.placement import NoCapacity, lost_actors, place_job, replace_lost
 from ember.projection import TERMINAL_EVENT, JobView, Projection
+from ember.recovery import awaiting_placement, recover
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,28 @@ def decide(projection: Projection, nodes: NodeTable, *, now: datetime, timeout: 
     for job in sorted(projection.jobs.values(), key=lambda j: (j.submitted, j.id)):
         if job.state == JobState.PLACING and job.generation == 0:
             _place(job, projection, online, out, now=now, timeout=timeout, overcommit=overcommit)
+        elif job.state in (JobState.DEPLOYING, JobState.RUNNING, JobState.RECOVERING) and awaiting_placement(job):
+            _recover(job, projection, online, offline, out, overcommit=overcommit)
         elif job.state in (JobState.DEPLOYING, JobState.RUNNING) and offline:
             _replace(job, projection, online, offline, out, overcommit=overcommit)
     return out
+
+
+def _recover(job: JobView, projection: Projection, online: list[NodeInfo], offline: set[str], out: Outcome, *, overcommit: float) -> None:
+    """Re-place the recovering job's aggregator and whatever else sits on an offline node."""
+    aggregator = job.aggregator()
+    lost = [a for a in lost_actors(job, offline) if a is not aggregator]
+    if aggregator is not None:
+        lost.insert(0, aggregator)
+    generation = job.generation + 1
+    try:
+        placements = replace_lost(job, projection, online, lost, overcommit=overcommit, fenced=offline)
+    except (NoCapacity, ValueError) as exc:
+        out.decisions.append(Decision(fact_id(job.id, TERMINAL_EVENT), job.id, JobFailed(reason=f"cannot re-place the aggregator: {exc}")))
+        return
+    names = ", ".join(a.actor for a in lost)
+    event = ActorsPlaced(generation=generation, actors=placements, reason=f"recovering: re-placed {names}")
+    out.decisions.append(Decision(fact_id(job.id, "placed", generation), job.id, event))
 
 
 def _place(job: JobView, projection: Projection, online: list[NodeInfo], out: Outcome, *, now: datetime, timeout: float, overcommit: float) -> None:
@@ -73,6 +95,11 @@ def _place(job: JobView, projection: Projection, online: list[NodeInfo], out: Ou
 def _replace(job: JobView, projection: Projection, online: list[NodeInfo], offline: set[str], out: Outcome, *, overcommit: float) -> None:
     lost = lost_actors(job, offline)
     if not lost:
+        return
+    aggregator = job.aggregator()
+    if aggregator is not None and aggregator in lost:  # resumed from its checkpoint, once re-placed
+        event_id, event = recover(job, f"node lost: {aggregator.node} (aggregator {aggregator.actor})")
+        out.decisions.append(Decision(event_id, job.id, event))
         return
     gone = ", ".join(sorted({a.node for a in lost}))
     generation = job.generation + 1

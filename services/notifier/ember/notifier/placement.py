@@ -235,12 +235,13 @@ def lost_actors(job: JobView, offline: set[str]) -> list[ActorView]:
 
 
 def replace_lost(job: JobView, projection: Projection, online: Sequence[NodeInfo], lost: Sequence[ActorView], *,
-                 overcommit: float = 1.0) -> list[Placement]:
-    """Generation + 1: the surviving actors keep their ids and nodes; the lost ones get new ids elsewhere."""
+                 overcommit: float = 1.0, fenced: set[str] | None = None) -> list[Placement]:
+    """Generation + 1: the surviving actors keep their ids and nodes; the lost ones get new ids
+    on nodes other than `fenced` (default: the lost actors' nodes)."""
     needs = JobNeeds.of(job)
     generation = job.generation + 1
     lost_ids = {a.actor for a in lost}
-    fenced = {a.node for a in lost}
+    fenced = {a.node for a in lost} if fenced is None else fenced
     kept = [a for a in job.current_actors() if a.actor not in lost_ids]
     usable = [info for info in online if info.node not in fenced]
     wanted = [Wanted(a.role, a.index, actor_id(job.id, a.role, a.index, generation)) for a in lost]
