@@ -144,7 +144,7 @@ async def running_on_one_node(stack: Stack, bus: Bus, reports: Reports, job_id: 
 
 
 async def test_a_killed_flamelet_is_fenced_and_its_learner_replaced_in_the_running_job(stack: Stack) -> None:
-    async with Bus(stack.url, source="test") as bus:
+    async with Bus(stack.url, source="test", security=stack.security()) as bus:
         reports = Reports(bus)
         job_id = (await submit_job(bus, tiny_spec(rounds=60), APP_DIR))["job"]
         view, victim, flamelet = await running_on_one_node(stack, bus, reports, job_id)
@@ -199,7 +199,7 @@ async def test_a_killed_flamelet_is_fenced_and_its_learner_replaced_in_the_runni
 async def test_the_aggregators_node_killed_its_replacement_finishes_the_job(stack: Stack) -> None:
     """The aggregator is re-placed too: the fenced one stops without telling the learners `done`, and
     the new one trains them to the end."""
-    async with Bus(stack.url, source="test") as bus:
+    async with Bus(stack.url, source="test", security=stack.security()) as bus:
         reports = Reports(bus)
         job_id = (await submit_job(bus, tiny_spec(rounds=40), APP_DIR))["job"]
         view, _learner, _ = await running_on_one_node(stack, bus, reports, job_id)
@@ -244,7 +244,7 @@ async def test_the_aggregators_node_killed_its_replacement_finishes_the_job(stac
 
 
 async def test_a_node_that_comes_back_stops_what_is_no_longer_desired_before_it_says_online(stack: Stack) -> None:
-    async with Bus(stack.url, source="test") as bus:
+    async with Bus(stack.url, source="test", security=stack.security()) as bus:
         reports = Reports(bus)
         job_id = (await submit_job(bus, probe_spec(), APP_DIR))["job"]
         try:

@@ -85,7 +85,7 @@ async def ended(bus: Bus, job_id: str) -> dict[str, Any]:
 
 
 async def test_a_killed_aggregator_process_is_recovered_and_the_job_succeeds(stack: Stack) -> None:
-    async with Bus(stack.url, source="test") as bus:
+    async with Bus(stack.url, source="test", security=stack.security()) as bus:
         reports = Reports(bus)
         job_id = (await submit_job(bus, spec(max_recoveries=3), APP_DIR))["job"]
         old = await kill_aggregator_after(bus, reports, job_id, 1, checkpoints=3)
@@ -109,7 +109,7 @@ async def test_a_killed_aggregator_process_is_recovered_and_the_job_succeeds(sta
 
 
 async def test_past_max_recoveries_the_job_fails_naming_each_attempt(stack: Stack) -> None:
-    async with Bus(stack.url, source="test") as bus:
+    async with Bus(stack.url, source="test", security=stack.security()) as bus:
         reports = Reports(bus)
         job_id = (await submit_job(bus, spec(max_recoveries=1), APP_DIR))["job"]
         await kill_aggregator_after(bus, reports, job_id, 1, checkpoints=1)
