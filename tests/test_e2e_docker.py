@@ -88,7 +88,7 @@ def started_containers(docker_client: Any, job: str, since: float) -> dict[str, 
 
 async def test_a_docker_digits_job_runs_in_containers_from_images_pinned_by_digest(stack: Stack, digits: Partition, docker_client: Any):
     began = time.time()
-    async with Bus(stack.url, source="test") as bus:
+    async with Bus(stack.url, source="test", security=stack.security()) as bus:
         job_id = await submit(bus, docker_spec(rounds=3), DIGITS)
         out = io.StringIO()
         job = await follow_job(bus, job_id, Console(file=out, width=200), timeout=BUILD_TIMEOUT)
