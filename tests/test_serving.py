@@ -69,7 +69,10 @@ def registered(stack: Stack) -> tuple[str, Any]:
     from mlflow.models import infer_signature
     from sklearn.linear_model import LogisticRegression
 
-    uri = f"sqlite:///{stack.home / 'mlflow.sqlite3'}"
+    # Through the stack's own tracking server, once it answers: it creates its store when it starts,
+    # so writing the SQLite file beside it could race with that.
+    stack.wait_tracking()
+    uri = stack.tracking_uri
     rng = np.random.default_rng(7)
     frame = pd.DataFrame(rng.normal(size=(200, len(FEATURES))), columns=FEATURES)
     labels = (frame["temperature"] + 0.5 * frame["vibration"] > 0).astype(int)
