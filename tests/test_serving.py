@@ -79,6 +79,7 @@ def registered(stack: Stack) -> tuple[str, Any]:
     train, held_out = frame.iloc[:150], frame.iloc[150:]
     model = LogisticRegression().fit(train, labels.iloc[:150])
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # an earlier in-process test may have pointed the registry elsewhere
     experiment = mlflow.create_experiment("serving-test", artifact_location=artifact_root(uri))
     with mlflow.start_run(experiment_id=experiment):
         mlflow.sklearn.log_model(model, name="model", signature=infer_signature(train, model.predict(train)),
