@@ -18,6 +18,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker.errors
 import pytest
 from docker_fixtures import unavailable
 
@@ -93,6 +94,11 @@ def containers(engine, home: Path, actor: str | None = None) -> list:
     """The containers of the flamelet whose actors folder is under `home` (node n1)."""
     scope = str((home / "nodes" / "n1" / "actors").resolve())
     labels = [f"ember.scope={scope}"] + ([f"ember.actor={actor}"] if actor else [])
+    for _ in range(20):
+        try:
+            return engine.containers.list(all=True, filters={"label": labels})
+        except docker.errors.NotFound:  # one was removed between the listing and its inspection: list again
+            continue
     return engine.containers.list(all=True, filters={"label": labels})
 
 
