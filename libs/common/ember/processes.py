@@ -31,6 +31,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def terminate(process: subprocess.Popen[Any] | None, grace: float = 5.0) -> None:
+    """Stop `process` if it runs: SIGTERM, then SIGKILL after `grace` seconds; reaped either way."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_until(condition: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02, message: str = "") -> Any:
     """Call `condition` until it returns something true (returned); TimeoutError after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ember.processes import free_port, wait_until
+from ember.processes import free_port, terminate, wait_until
 
 REGISTRY_CANDIDATES = ("docker-registry", "registry")
 
@@ -107,13 +107,7 @@ class Registry:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
 
 @contextlib.contextmanager

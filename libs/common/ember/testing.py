@@ -17,7 +17,7 @@ from typing import Any
 
 from ember.broker import mosquitto_binary, mosquitto_config
 from ember import processes
-from ember.processes import free_port, wait_for_port
+from ember.processes import free_port, terminate, wait_for_port
 
 __all__ = ["Broker", "assert_eventually", "free_port", "private_broker", "wait_for_port", "wait_until"]
 
@@ -44,13 +44,7 @@ class Broker:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     def restart(self) -> None:
         self.stop()
